@@ -1,0 +1,72 @@
+"""The ``glmtune`` command: one small module per subcommand in :mod:`glmtune.commands`.
+
+Each command module defines ``register(subparsers)``, which adds its parser
+and sets ``func`` to a function taking the parsed args and returning an exit
+status. Modules are imported only when listed here, and heavy imports happen
+inside ``func``, so ``glmtune --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Plain registry: subcommand module names under glmtune.commands.
+COMMAND_MODULES = ("quickstart", "data", "train", "chat", "eval", "export", "serve", "init_model")
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one line, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="glmtune", description="Fine-tune ChatGLM3 and the GLM family natively.")
+    parser.add_argument("--version", action="version", version=f"glmtune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"glmtune.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"glmtune.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input, reported as ``glmtune: error: ...``."""
+    from .models.convert import CheckpointError
+    from .tokenizer import TokenizerError
+
+    types: list[type[BaseException]] = [UserError, CheckpointError, TokenizerError, FileNotFoundError]
+    for module, name in (("glmtune.data.errors", "DataError"), ("glmtune.config", "ConfigError"),
+                         ("glmtune.methods.errors", "MethodError")):
+        try:
+            types.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except user_error_types() as exc:
+        print(f"glmtune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("glmtune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

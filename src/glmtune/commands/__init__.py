@@ -1,0 +1,1 @@
+"""Subcommands of the ``glmtune`` CLI; each module defines ``register(subparsers)``."""

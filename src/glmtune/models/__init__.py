@@ -1,0 +1,26 @@
+"""GLM-family models: native loading, conversion both ways, named shapes."""
+
+from .convert import (
+    CheckpointError,
+    chatglm_state_dict_to_glm,
+    chatglm_to_glm_config,
+    glm_state_dict_to_chatglm,
+    glm_to_chatglm_config,
+)
+from .loading import load_model, read_model_config, resolve_dtype, save_model, write_generation_config
+from .shapes import SHAPES, shape_config
+
+__all__ = [
+    "SHAPES",
+    "CheckpointError",
+    "chatglm_state_dict_to_glm",
+    "chatglm_to_glm_config",
+    "glm_state_dict_to_chatglm",
+    "glm_to_chatglm_config",
+    "load_model",
+    "read_model_config",
+    "resolve_dtype",
+    "save_model",
+    "shape_config",
+    "write_generation_config",
+]

@@ -1,0 +1,133 @@
+"""Reading and writing weight files, safely and shard by shard.
+
+Nothing found in a model folder is ever imported or executed: safetensors are
+read with ``safe_open``, ``.bin`` shards only with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .convert import CheckpointError
+
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight shards of a model folder, in index order; errors name what is missing."""
+    for index_name in INDEX_FILES:
+        index = folder / index_name
+        if index.is_file():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{index}: no 'weight_map' in the index")
+            files = list(dict.fromkeys(weight_map.values()))
+            for name in files:
+                if not (folder / name).is_file():
+                    raise CheckpointError(f"{index}: shard {name} is listed but missing from {folder}")
+            return [folder / name for name in files]
+    for name in SINGLE_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    raise CheckpointError(
+        f"{folder}: no weights found (expected {' or '.join(SINGLE_FILES)}, or a sharded index {' / '.join(INDEX_FILES)})"
+    )
+
+
+def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of one weight file, one tensor in memory at a time for safetensors."""
+    if path.suffix == ".safetensors":
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        with handle as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise CheckpointError(
+            f"{path}: cannot be read as plain tensors with weights_only=True ({type(exc).__name__}: {exc}); "
+            "glmtune never unpickles arbitrary objects. Convert it to safetensors."
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    for name in list(state):
+        yield name, state.pop(name)
+
+
+def checkpoint_dtype(files: list[Path]) -> torch.dtype | None:
+    """Storage dtype of the first floating tensor, read without loading the weights when possible."""
+    for path in files:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    dtype = f.get_slice(name).get_dtype()
+                    mapping = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+                    if dtype in mapping:
+                        return mapping[dtype]
+        else:
+            for _, tensor in iter_tensors(path):
+                if tensor.is_floating_point():
+                    return tensor.dtype
+    return None
+
+
+def save_sharded(
+    state: dict[str, torch.Tensor], out_dir: Path, *, max_shard_bytes: int = 2 * 1024**3, metadata: dict | None = None
+) -> list[Path]:
+    """Write ``state`` as safetensors shards plus ``model.safetensors.index.json`` (or one file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor.detach().contiguous().cpu()
+        size += nbytes
+    meta = {"format": "pt", **(metadata or {})}
+    if len(shards) == 1:
+        path = out_dir / "model.safetensors"
+        save_file(shards[0], str(path), metadata=meta)
+        return [path]
+    paths, weight_map = [], {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out_dir / name), metadata=meta)
+        weight_map.update(dict.fromkeys(shard, name))
+        paths.append(out_dir / name)
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return paths
+
+
+def remove_weight_files(out_dir: Path) -> None:
+    """Remove weights a previous write left, so a folder never mixes two layouts."""
+    for name in os.listdir(out_dir):
+        if name.endswith((".safetensors", ".bin")) or name in INDEX_FILES:
+            (out_dir / name).unlink()

@@ -1,0 +1,215 @@
+"""``load_model`` / ``save_model``: ChatGLM3 or native GLM folders, or a named shape."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import GlmConfig, GlmForCausalLM
+from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
+
+from .checkpoint import checkpoint_dtype, iter_tensors, read_json, remove_weight_files, save_sharded, weight_files
+from .convert import (
+    CheckpointError,
+    chatglm_key_to_glm,
+    chatglm_to_glm_config,
+    glm_state_dict_to_chatglm,
+    glm_to_chatglm_config,
+)
+from .shapes import SHAPES, shape_config
+
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+}
+
+
+def resolve_dtype(dtype, device: str | torch.device, stored: torch.dtype | None) -> torch.dtype:
+    """``None``/``"auto"``: the checkpoint's dtype on GPU, float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if torch.device(device).type == "cpu":
+            return torch.float32
+        return stored or torch.bfloat16
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)} or None") from None
+
+
+def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
+    """(layout, GlmConfig) of a model folder; layout is ``"chatglm3"`` or ``"native"``."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{folder}: no config.json (expected a ChatGLM3 or GLM model folder)")
+    cfg = read_json(config_file)
+    model_type = cfg.get("model_type")
+    if model_type == "chatglm":
+        return "chatglm3", chatglm_to_glm_config(cfg, source=str(config_file))
+    if model_type == "glm":
+        cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "torch_dtype", "dtype")}
+        try:
+            return "native", GlmConfig(**cfg)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{config_file}: invalid GLM config ({exc})") from None
+    raise CheckpointError(
+        f"{config_file}: model_type {model_type!r} is not a ChatGLM3 ('chatglm') or GLM ('glm') model; "
+        "glmtune loads only the GLM family"
+    )
+
+
+def empty_model(config: GlmConfig) -> GlmForCausalLM:
+    """A model whose weights live on the meta device (no memory), to be filled by ``assign``."""
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        return GlmForCausalLM(config)
+
+
+def _finish(model: GlmForCausalLM, device: str | torch.device) -> GlmForCausalLM:
+    # inv_freq is a non-persistent buffer: never in a checkpoint, so rebuild it on the real device.
+    with torch.device(device):
+        model.model.rotary_emb = GlmRotaryEmbedding(config=model.config)
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    model.eval()
+    return model
+
+
+def load_weights(model: GlmForCausalLM, files: list[Path], layout: str, dtype: torch.dtype, device) -> None:
+    """Fill ``model`` shard by shard, checking every name and shape against its config."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    seen: set[str] = set()
+    for path in files:
+        part = {}
+        for name, tensor in iter_tensors(path):
+            pairs = chatglm_key_to_glm(name, tensor, model.config) if layout == "chatglm3" else [(name, tensor)]
+            try:
+                pairs = list(pairs)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{path}: {exc}") from None
+            for new_name, value in pairs:
+                if new_name not in expected:
+                    raise CheckpointError(f"{path}: unexpected tensor {name!r} for a {layout} GLM checkpoint")
+                if value.shape != expected[new_name]:
+                    raise CheckpointError(
+                        f"{path}: tensor {name!r} has shape {tuple(value.shape)}, "
+                        f"but config.json implies {tuple(expected[new_name])}"
+                    )
+                part[new_name] = value.to(device=device, dtype=dtype)
+                seen.add(new_name)
+            del tensor, pairs
+        model.load_state_dict(part, strict=False, assign=True)
+        del part
+    missing = sorted(set(expected) - seen - ({"lm_head.weight"} if model.config.tie_word_embeddings else set()))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(f"{files[0].parent}: checkpoint is missing tensors: {shown}")
+
+
+def random_model(name: str, *, dtype: torch.dtype, device, vocab_size: int | None = None, seed: int = 0):
+    """A randomly initialised model of a named shape (transformers' own init)."""
+    config = shape_config(name, vocab_size=vocab_size)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = GlmForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return _finish(model, device)
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    dtype=None,
+    device: str | torch.device = "cpu",
+    adapter: str | os.PathLike | None = None,
+    prefix: str | os.PathLike | None = None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+) -> GlmForCausalLM:
+    """Load a GLM-family model natively, as transformers' ``GlmForCausalLM`` in eval mode.
+
+    ``path`` is a ChatGLM3 folder (``model_type: "chatglm"``, converted on
+    load), a native GLM folder (``model_type: "glm"``), or a named shape from
+    :data:`glmtune.models.shapes.SHAPES` for random weights (``vocab_size`` and
+    ``seed`` apply to shapes only). ``dtype=None`` keeps the checkpoint's dtype
+    on GPU and uses float32 on CPU. ``adapter`` applies a LoRA adapter folder,
+    ``prefix`` a P-Tuning v2 prefix (see :mod:`glmtune.methods`).
+    """
+    folder = Path(path)
+    if folder.is_dir():
+        layout, config = read_model_config(folder)
+        files = weight_files(folder)
+        target = resolve_dtype(dtype, device, checkpoint_dtype(files))
+        model = empty_model(config)
+        load_weights(model, files, layout, target, device)
+        model = _finish(model, device)
+    elif str(path) in SHAPES:
+        model = random_model(str(path), dtype=resolve_dtype(dtype, device, None), device=device,
+                             vocab_size=vocab_size, seed=seed)
+    else:
+        raise CheckpointError(
+            f"{path}: not a model folder and not a known shape (shapes: {', '.join(SHAPES)})"
+        )
+    if adapter is not None:
+        from ..methods.adapters import apply_adapter
+
+        model = apply_adapter(model, adapter)
+    if prefix is not None:
+        from ..methods.ptuning import apply_prefix
+
+        model = apply_prefix(model, prefix)
+    return model
+
+
+def save_model(model: GlmForCausalLM, out_dir: str | os.PathLike, *, layout: str = "native", dtype=None,
+               max_shard_bytes: int = 2 * 1024**3) -> Path:
+    """Write ``model`` as sharded safetensors in the ``native`` or ``chatglm3`` layout.
+
+    Weight files a previous write left in ``out_dir`` are removed first, so a
+    folder never mixes layouts; callers decide whether ``out_dir`` may be reused.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_weight_files(out_dir)
+    target = resolve_dtype(dtype, "cpu", None) if dtype is not None else None
+    state = {k: (v.to(target) if target is not None else v) for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    stored = next(iter(state.values())).dtype
+    if layout == "native":
+        model.config.save_pretrained(out_dir)
+        config_path = out_dir / "config.json"
+        cfg = json.loads(config_path.read_text())
+        cfg.pop("_attn_implementation", None)
+        cfg["torch_dtype"] = str(stored).replace("torch.", "")
+        config_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    elif layout == "chatglm3":
+        state = glm_state_dict_to_chatglm(state, model.config)
+        cfg = {**glm_to_chatglm_config(model.config), "torch_dtype": str(stored).replace("torch.", "")}
+        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    else:
+        raise ValueError(f"unknown layout {layout!r}; use 'native' or 'chatglm3'")
+    save_sharded(state, out_dir, max_shard_bytes=max_shard_bytes)
+    return out_dir
+
+
+def write_generation_config(out_dir: str | os.PathLike, tokenizer) -> Path:
+    """``generation_config.json`` whose eos list stops chat turns: [eos, <|user|>, <|observation|>]."""
+    eos = [tokenizer.eos_token_id, tokenizer.get_command("<|user|>"), tokenizer.get_command("<|observation|>")]
+    path = Path(out_dir) / "generation_config.json"
+    path.write_text(json.dumps({"eos_token_id": eos, "pad_token_id": tokenizer.pad_token_id}, indent=2) + "\n")
+    return path

@@ -1,0 +1,81 @@
+"""Named model shapes for random initialisation (demos, tests, benchmarks).
+
+Each shape is a ChatGLM3 ``config.json``-style dict, so a shape goes through
+the very same conversion as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+from transformers import GlmConfig
+
+from .convert import CheckpointError, chatglm_to_glm_config
+
+_CHATGLM3_6B = {
+    "padded_vocab_size": 65024,
+    "hidden_size": 4096,
+    "ffn_hidden_size": 13696,
+    "num_layers": 28,
+    "num_attention_heads": 32,
+    "kv_channels": 128,
+    "multi_query_attention": True,
+    "multi_query_group_num": 2,
+    "layernorm_epsilon": 1e-5,
+    "add_qkv_bias": True,
+    "seq_length": 8192,
+    "rope_ratio": 1,
+}
+
+SHAPES: dict[str, dict] = {
+    "chatglm3-6b": _CHATGLM3_6B,
+    "chatglm3-6b-base": _CHATGLM3_6B,
+    "chatglm3-6b-32k": {**_CHATGLM3_6B, "seq_length": 32768, "rope_ratio": 50},
+    "glm-4-9b": {
+        **_CHATGLM3_6B,
+        "padded_vocab_size": 151552,
+        "num_layers": 40,
+        "seq_length": 131072,
+        "rope_ratio": 500,
+        "layernorm_epsilon": 1.5625e-07,
+    },
+    # ~1B parameters: the loading benchmark's checkpoint.
+    "chatglm3-1b": {**_CHATGLM3_6B, "num_layers": 3},
+    # The training benchmark's model (78.7M parameters).
+    "chatglm3-bench": {
+        **_CHATGLM3_6B,
+        "num_layers": 4,
+        "hidden_size": 512,
+        "num_attention_heads": 8,
+        "kv_channels": 64,
+        "ffn_hidden_size": 1536,
+    },
+    # Same dimensions as ../shared/fixtures/chatglm3-tiny.
+    "tiny": {
+        **_CHATGLM3_6B,
+        "num_layers": 2,
+        "hidden_size": 32,
+        "num_attention_heads": 4,
+        "kv_channels": 8,
+        "ffn_hidden_size": 64,
+        "seq_length": 1024,
+    },
+    # Small enough to train on two CPU cores in seconds, big enough to learn a few answers.
+    "small": {
+        **_CHATGLM3_6B,
+        "num_layers": 2,
+        "hidden_size": 128,
+        "num_attention_heads": 4,
+        "kv_channels": 32,
+        "ffn_hidden_size": 384,
+        "seq_length": 2048,
+    },
+}
+
+
+def shape_config(name: str, *, vocab_size: int | None = None) -> GlmConfig:
+    """GlmConfig of a named shape; ``vocab_size`` overrides the shape's (for small tokenizers)."""
+    if name not in SHAPES:
+        raise CheckpointError(f"unknown model shape {name!r}; known shapes: {', '.join(SHAPES)}")
+    cfg = dict(SHAPES[name])
+    if vocab_size is not None:
+        cfg["padded_vocab_size"] = vocab_size
+    return chatglm_to_glm_config(cfg, source=f"shape {name}")
