@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .convert import CheckpointError
@@ -54,16 +53,59 @@ def weight_files(folder: Path) -> list[Path]:
     )
 
 
+_ST_DTYPES = {
+    "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[torch.dtype, list[int], int, int]]:
+    """name -> (dtype, shape, start, end) with absolute byte offsets, from the file's JSON header."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 100 * 1024**2:
+                raise ValueError(f"header length {size} is implausible")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    header.pop("__metadata__", None)
+    base = 8 + size
+    out = {}
+    for name, info in header.items():
+        if info.get("dtype") not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+        start, end = info["data_offsets"]
+        out[name] = (_ST_DTYPES[info["dtype"]], list(info["shape"]), base + start, base + end)
+    return out
+
+
+def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    # Read each tensor straight into its own buffer with plain file reads, not
+    # mmap: mapped pages would count towards RSS until the whole shard is
+    # closed, while file reads leave only the page cache behind.
+    header = safetensors_header(path)
+    file_size = path.stat().st_size
+    with open(path, "rb", buffering=0) as f:
+        for name, (dtype, shape, start, end) in sorted(header.items(), key=lambda kv: kv[1][2]):
+            if end > file_size:
+                raise CheckpointError(f"{path}: truncated file (tensor {name!r} ends at byte {end} of {file_size})")
+            buf = torch.empty(end - start, dtype=torch.uint8)
+            f.seek(start)
+            view, got = memoryview(buf.numpy()), 0
+            while got < len(view):
+                n = f.readinto(view[got:])
+                if not n:
+                    raise CheckpointError(f"{path}: truncated file while reading tensor {name!r}")
+                got += n
+            yield name, buf.view(dtype).reshape(shape)
+
+
 def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of one weight file, one tensor in memory at a time for safetensors."""
     if path.suffix == ".safetensors":
-        try:
-            handle = safe_open(str(path), framework="pt")
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-        with handle as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        yield from _read_safetensors(path)
         return
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -82,12 +124,9 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype | None:
     """Storage dtype of the first floating tensor, read without loading the weights when possible."""
     for path in files:
         if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
-                    dtype = f.get_slice(name).get_dtype()
-                    mapping = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
-                    if dtype in mapping:
-                        return mapping[dtype]
+            for dtype, *_ in safetensors_header(path).values():
+                if dtype.is_floating_point:
+                    return dtype
         else:
             for _, tensor in iter_tensors(path):
                 if tensor.is_floating_point():

@@ -104,7 +104,10 @@ def load_weights(model: GlmForCausalLM, files: list[Path], layout: str, dtype: t
                         f"{path}: tensor {name!r} has shape {tuple(value.shape)}, "
                         f"but config.json implies {tuple(expected[new_name])}"
                     )
-                part[new_name] = value.to(device=device, dtype=dtype)
+                value = value.to(device=device, dtype=dtype)
+                # A q/k/v row slice kept as-is would pin the whole fused tensor and
+                # make the parameters share storage (which safetensors refuses to save).
+                part[new_name] = value.clone() if value._base is not None else value
                 seen.add(new_name)
             del tensor, pairs
         model.load_state_dict(part, strict=False, assign=True)
