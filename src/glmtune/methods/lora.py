@@ -1,0 +1,81 @@
+"""LoRA (and rsLoRA, DoRA) through PEFT on the native GLM module names.
+
+Saved folder: PEFT's own ``adapter_config.json`` + ``adapter_model.safetensors``
+(keys ``base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight``, ...),
+loadable by plain PEFT on transformers' ``GlmForCausalLM`` as well.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from .errors import MethodError
+from .options import LoraOptions
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Short names (last path component) of the linear layers inside the decoder layers."""
+    names: list[str] = []
+    for full, module in model.named_modules():
+        if isinstance(module, nn.Linear) and ".layers." in f".{full}":
+            short = full.rsplit(".", 1)[-1]
+            if short not in names:
+                names.append(short)
+    return names
+
+
+def lora_config(model: nn.Module, options: LoraOptions):
+    """The ``peft.LoraConfig`` for ``options``; unknown target names list the available ones."""
+    from peft import LoraConfig
+
+    targets = options.target_modules()
+    available = linear_module_names(model)
+    unknown = [t for t in targets if t not in available]
+    if unknown:
+        raise MethodError(
+            f"method option lora.target: no linear layer named {', '.join(map(repr, unknown))} in this model; "
+            f"available: {', '.join(available)} (or the official names query_key_value, dense, "
+            "dense_h_to_4h, dense_4h_to_h)"
+        )
+    return LoraConfig(
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=targets,
+        use_rslora=options.use_rslora,
+        use_dora=options.use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def prepare_lora(model: nn.Module, options: LoraOptions) -> nn.Module:
+    """``model`` wrapped as a PEFT model; only the LoRA (and DoRA magnitude) weights train."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, options))
+
+
+def save_lora(model: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
+    out = Path(out_dir)
+    # The base path is not meaningful after a move; apply_adapter ignores it (glmtune passes the base model).
+    model.save_pretrained(str(out), safe_serialization=True)
+    return [out / "adapter_config.json", out / "adapter_model.safetensors"]
+
+
+def load_lora_state(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Resume: copy a saved adapter into an already prepared PEFT model, in place."""
+    from peft import set_peft_model_state_dict
+
+    from .adapters import adapter_weights_file, read_adapter_state
+
+    path = adapter_weights_file(Path(folder))
+    state = read_adapter_state(path)
+    result = set_peft_model_state_dict(model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise MethodError(f"{path}: does not match the prepared LoRA model "
+                          f"(unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")

@@ -1,0 +1,213 @@
+"""P-Tuning v2 with the official ChatGLM3 semantics, on transformers' own GLM.
+
+The official model (``modeling_chatglm.py``) keeps a ``PrefixEncoder`` whose
+output, viewed as (batch, pre_seq_len, num_layers*2, groups, kv_channels),
+gives each layer ``l`` a key (row ``2l``) and a value (row ``2l+1``) prefix.
+Those prefixes are not rotated, real tokens keep positions 0..n-1, and every
+token attends to the whole prefix. PEFT's prefix tuning numbers tokens from
+``P`` and refuses gradient checkpointing; :class:`PrefixModel` does neither.
+
+Calling contract of :class:`PrefixModel` (used by the Trainer and by step-by-
+step generation loops)::
+
+    out = model(input_ids, attention_mask=None, position_ids=None,
+                past_key_values=None, use_cache=None, labels=None, **kwargs)
+
+* ``attention_mask`` covers the REAL tokens only (past + current, 2D, 1 = keep,
+  left padding allowed); the prefix slots are added internally.
+* ``position_ids`` default to the official ones: ``cumsum(mask) - 1`` (0 on
+  pads), continuing from the past tokens.
+* First step: ``past_key_values=None``. With ``use_cache=True`` (eval mode)
+  ``out.past_key_values`` is a :class:`PrefixCache` holding prefix + tokens;
+  pass it back on the next step with the grown ``attention_mask``.
+* In training mode the prefix cache is read-only and never returned, which is
+  what makes gradient checkpointing exact.
+* ``labels`` / ``num_items_in_batch``: the loss is GlmForCausalLM's own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GlmConfig
+
+from .errors import MethodError
+from .options import PrefixOptions
+from .prefix_cache import PrefixCache
+
+
+def kv_size(config: GlmConfig) -> int:
+    """Width of one prefix slot: num_layers * 2 * groups * head_dim (official ``kv_size``)."""
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim
+
+
+class PrefixEncoder(nn.Module):
+    """The official ChatGLM3 ``PrefixEncoder``: same sub-module names, so official keys load as they are."""
+
+    def __init__(self, config: GlmConfig, options: PrefixOptions):
+        super().__init__()
+        size = kv_size(config)
+        self.prefix_projection = options.prefix_projection
+        self.embedding = nn.Embedding(options.num_virtual_tokens, size)
+        if options.prefix_projection:
+            hidden = options.prefix_hidden_size or config.hidden_size
+            self.trans = nn.Sequential(nn.Linear(size, hidden), nn.Tanh(), nn.Linear(hidden, size))
+
+    def forward(self, prefix: torch.Tensor) -> torch.Tensor:
+        out = self.embedding(prefix)
+        return self.trans(out) if self.prefix_projection else out
+
+
+def find_glm(model: nn.Module):
+    """The GlmForCausalLM inside ``model`` (itself, or under a PEFT wrapper)."""
+    from transformers import GlmForCausalLM
+
+    if isinstance(model, GlmForCausalLM):
+        return model
+    for module in model.modules():
+        if isinstance(module, GlmForCausalLM):
+            return module
+    raise MethodError(f"expected a GLM causal LM (GlmForCausalLM), got {type(model).__name__}")
+
+
+def prefix_mask(mask: torch.Tensor, query_length: int, prefix_length: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive 4D mask (batch, 1, q, P + k): every query sees the whole prefix, real keys causally minus pads.
+
+    ``mask`` is the 2D mask of the real tokens (past + current). A float mask
+    works with sdpa and eager attention alike, and pad queries still see the
+    prefix, so no row is fully masked (no NaN).
+    """
+    batch, keys = mask.shape
+    past = keys - query_length
+    q_pos = torch.arange(past, keys, device=mask.device).unsqueeze(1)
+    k_pos = torch.arange(keys, device=mask.device).unsqueeze(0)
+    allowed = (k_pos <= q_pos).unsqueeze(0) & mask.bool().unsqueeze(1)
+    allowed = torch.cat([allowed.new_ones(batch, query_length, prefix_length), allowed], dim=-1)
+    out = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
+    return out.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+class PrefixModel(nn.Module):
+    """A GLM causal LM with a trainable P-Tuning v2 prefix (see the module docstring for the contract)."""
+
+    main_input_name = "input_ids"
+    # The HF Trainer passes num_items_in_batch so gradient accumulation normalises the loss correctly.
+    accepts_loss_kwargs = True
+
+    def __init__(self, model: nn.Module, options: PrefixOptions):
+        super().__init__()
+        self.base_model = model
+        self.options = options
+        glm = find_glm(model)
+        device = glm.lm_head.weight.device
+        # Trainable weights stay in float32 whatever the base dtype (fp16 training needs fp32 masters).
+        self.prefix_encoder = PrefixEncoder(glm.config, options).to(device=device, dtype=torch.float32)
+        self.dropout = nn.Dropout(options.prefix_dropout)
+        self.register_buffer("prefix_tokens", torch.arange(options.num_virtual_tokens, device=device),
+                             persistent=False)
+        # The prefix cache is read-only during training, so a recomputed layer sees the same keys:
+        # transformers' documented opt-in for keeping the cache under gradient checkpointing.
+        for layer in glm.model.layers:
+            layer._can_checkpoint_with_cache = True
+
+    # ---- what the HF Trainer and generation loops touch -------------------------------------------
+    @property
+    def config(self):
+        return find_glm(self.base_model).config
+
+    @property
+    def generation_config(self):
+        return find_glm(self.base_model).generation_config
+
+    @property
+    def device(self) -> torch.device:
+        return find_glm(self.base_model).lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return find_glm(self.base_model).lm_head.weight.dtype
+
+    @property
+    def pre_seq_len(self) -> int:
+        return self.options.num_virtual_tokens
+
+    def get_input_embeddings(self) -> nn.Module:
+        return find_glm(self.base_model).get_input_embeddings()
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False) -> None:
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        if kwargs.get("use_reentrant"):
+            raise MethodError(
+                "P-Tuning v2 needs non-reentrant gradient checkpointing (the prefix reaches each layer outside "
+                "its positional inputs); remove use_reentrant: true from gradient_checkpointing_kwargs"
+            )
+        kwargs["use_reentrant"] = False
+        find_glm(self.base_model)._activation_checkpointing_enable(kwargs, every_n_layers, offload)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                      offload: bool = False) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, every_n_layers, offload)
+
+    def activation_checkpointing_disable(self) -> None:
+        find_glm(self.base_model).activation_checkpointing_disable()
+
+    gradient_checkpointing_disable = activation_checkpointing_disable
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return find_glm(self.base_model).is_activation_checkpointing
+
+    is_gradient_checkpointing = is_activation_checkpointing
+
+    # ---- the prefix ---------------------------------------------------------------------------------
+    def get_prompt(self, batch_size: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (key, value) prefixes, each (batch, groups, P, head_dim), as the official get_prompt."""
+        config = self.config
+        tokens = self.prefix_tokens.unsqueeze(0).expand(batch_size, -1)
+        out = self.prefix_encoder(tokens).to(dtype)
+        out = out.view(batch_size, self.pre_seq_len, config.num_hidden_layers * 2,
+                       config.num_key_value_heads, config.head_dim)
+        out = self.dropout(out)
+        # (layers*2, batch, groups, P, head_dim): row 2l is layer l's key, row 2l+1 its value.
+        out = out.permute(2, 0, 3, 1, 4)
+        return [(out[2 * i], out[2 * i + 1]) for i in range(config.num_hidden_layers)]
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        ref = input_ids if input_ids is not None else inputs_embeds
+        batch, length = ref.shape[0], ref.shape[1]
+        dtype = self.dtype if inputs_embeds is None else inputs_embeds.dtype
+        grow = bool(use_cache) and not self.training
+        if past_key_values is None:
+            past_key_values = PrefixCache(self.get_prompt(batch, dtype), grow=grow)
+        elif not isinstance(past_key_values, PrefixCache):
+            raise MethodError(
+                f"a P-Tuning model needs the PrefixCache it returned as past_key_values, got "
+                f"{type(past_key_values).__name__}; start with past_key_values=None"
+            )
+        elif self.training and self.is_activation_checkpointing:
+            raise MethodError("past_key_values cannot be passed in training with gradient checkpointing")
+        past = past_key_values.real_length()
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past + length, dtype=torch.long, device=ref.device)
+        if attention_mask.dim() != 2 or attention_mask.shape[1] != past + length:
+            raise MethodError(
+                f"attention_mask must be 2D over the real tokens (past {past} + current {length}), "
+                f"got shape {tuple(attention_mask.shape)}; do not include the {self.pre_seq_len} prefix slots"
+            )
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        mask = prefix_mask(attention_mask, length, self.pre_seq_len, dtype)
+        out = self.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+                              use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+        out.past_key_values = past_key_values if grow else None
+        return out
+
+
+def apply_prefix(model: nn.Module, prefix_dir) -> PrefixModel:
+    """``model`` wrapped with the saved P-Tuning v2 prefix in ``prefix_dir`` (see :mod:`.ptuning_io`)."""
+    from .ptuning_io import apply_prefix as _apply
+
+    return _apply(model, prefix_dir)

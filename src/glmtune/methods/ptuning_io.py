@@ -1,0 +1,164 @@
+"""Reading and writing P-Tuning v2 prefixes in the official on-disk format.
+
+Saved folder (what the official demo's checkpoints contain, minus the 12 GB
+of frozen weights)::
+
+    prefix_encoder.safetensors   transformer.prefix_encoder.embedding.weight
+                                 (+ transformer.prefix_encoder.trans.{0,2}.{weight,bias} with projection)
+    config.json                  {"pre_seq_len": P, "prefix_projection": false, ...}
+
+:func:`apply_prefix` also reads ``.bin`` prefix weights (``weights_only``) and
+whole official P-Tuning checkpoint folders (config.json with ``pre_seq_len``,
+weights holding only the prefix encoder keys or the whole model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..models.checkpoint import iter_tensors, weight_files
+from ..models.convert import CheckpointError
+from .errors import MethodError
+from .options import PrefixOptions
+from .ptuning import PrefixModel, find_glm, kv_size
+
+OFFICIAL_PREFIX = "transformer.prefix_encoder."
+PREFIX_FILE = "prefix_encoder.safetensors"
+_PREFIX_FILE_CANDIDATES = ("prefix_encoder.safetensors", "prefix_encoder.bin", "pytorch_model.bin",
+                           "model.safetensors")
+
+
+def prefix_weight_files(folder: Path) -> list[Path]:
+    """Files that may hold the prefix encoder, most specific first."""
+    found = [folder / name for name in _PREFIX_FILE_CANDIDATES if (folder / name).is_file()]
+    if not found:
+        try:
+            found = weight_files(folder)
+        except CheckpointError:
+            found = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    if not found:
+        raise MethodError(
+            f"{folder}: no prefix weights found (expected {PREFIX_FILE}, or a .bin / safetensors file "
+            f"holding {OFFICIAL_PREFIX}embedding.weight)"
+        )
+    return found
+
+
+def read_prefix_state(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The prefix encoder tensors (keys relative to the encoder) and the file they came from."""
+    files = prefix_weight_files(folder)
+    for path in files:
+        state = {}
+        try:
+            for name, tensor in iter_tensors(path):
+                if "prefix_encoder." in name:
+                    state[name.split("prefix_encoder.", 1)[1]] = tensor
+        except CheckpointError as exc:
+            raise MethodError(str(exc)) from None
+        if state:
+            return state, path
+    names = ", ".join(p.name for p in files)
+    raise MethodError(f"{folder}: {names} hold no prefix encoder tensors ({OFFICIAL_PREFIX}embedding.weight)")
+
+
+def read_prefix_config(folder: Path) -> dict:
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise MethodError(
+            f"{folder}: no config.json; a P-Tuning v2 folder needs config.json with pre_seq_len "
+            "(and prefix_projection), as the official demo writes it"
+        )
+    try:
+        cfg = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MethodError(f"{config_file}: invalid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("pre_seq_len"), int):
+        raise MethodError(f"{config_file}: expected an integer 'pre_seq_len' (this is not a P-Tuning v2 folder)")
+    return cfg
+
+
+def options_for(cfg: dict, state: dict[str, torch.Tensor], source: Path) -> PrefixOptions:
+    projection = bool(cfg.get("prefix_projection", False))
+    if projection and "trans.0.weight" not in state:
+        raise MethodError(f"{source}: config says prefix_projection: true but the file has no trans.* weights")
+    hidden = state["trans.0.weight"].shape[0] if projection else None
+    return PrefixOptions(num_virtual_tokens=cfg["pre_seq_len"], prefix_projection=projection,
+                         prefix_hidden_size=hidden)
+
+
+def check_prefix_shape(state: dict[str, torch.Tensor], options: PrefixOptions, config, source: Path) -> None:
+    weight = state.get("embedding.weight")
+    if weight is None:
+        raise MethodError(f"{source}: missing {OFFICIAL_PREFIX}embedding.weight")
+    expected = (options.num_virtual_tokens, kv_size(config))
+    if tuple(weight.shape) != expected:
+        raise MethodError(
+            f"{source}: prefix embedding has shape {tuple(weight.shape)}, but pre_seq_len {expected[0]} and this "
+            f"model (layers {config.num_hidden_layers} x 2 x groups {config.num_key_value_heads} x head_dim "
+            f"{config.head_dim}) need {expected}; the prefix was trained for a different model shape"
+        )
+
+
+def load_prefix_weights(model: PrefixModel, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy prefix tensors into ``model`` in place (keeps parameters, so optimizer state stays attached)."""
+    own = model.prefix_encoder.state_dict()
+    for name, tensor in state.items():
+        if name not in own:
+            raise MethodError(f"{source}: unexpected prefix encoder tensor {OFFICIAL_PREFIX}{name}")
+        if own[name].shape != tensor.shape:
+            raise MethodError(f"{source}: {OFFICIAL_PREFIX}{name} has shape {tuple(tensor.shape)}, "
+                              f"expected {tuple(own[name].shape)}")
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise MethodError(f"{source}: missing prefix encoder tensors {', '.join(OFFICIAL_PREFIX + m for m in missing)}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            own[name].copy_(tensor)
+
+
+def apply_prefix(model: nn.Module, prefix_dir: str | os.PathLike) -> PrefixModel:
+    """``model`` wrapped with the P-Tuning v2 prefix saved in ``prefix_dir`` (eval mode, nothing trainable)."""
+    folder = Path(prefix_dir)
+    if not folder.is_dir():
+        raise MethodError(f"{folder}: prefix folder not found")
+    cfg = read_prefix_config(folder)
+    state, source = read_prefix_state(folder)
+    options = options_for(cfg, state, source)
+    check_prefix_shape(state, options, find_glm(model).config, source)
+    wrapped = PrefixModel(model, options)
+    load_prefix_weights(wrapped, state, source)
+    wrapped.requires_grad_(False)
+    wrapped.eval()
+    return wrapped
+
+
+def save_prefix(model: PrefixModel, out_dir: str | os.PathLike) -> list[Path]:
+    """Write only the prefix, in the official format (see the module docstring)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {OFFICIAL_PREFIX + k: v.detach().contiguous().cpu()
+             for k, v in model.prefix_encoder.state_dict().items()}
+    save_file(state, str(out / PREFIX_FILE), metadata={"format": "pt"})
+    cfg = {"pre_seq_len": model.options.num_virtual_tokens, "prefix_projection": model.options.prefix_projection}
+    if model.options.prefix_projection:
+        cfg["prefix_hidden_size"] = model.prefix_encoder.trans[0].out_features
+    glm = find_glm(model.base_model).config
+    # Shape of the base model, so a mismatch can be explained before any weights are read.
+    cfg.update(num_layers=glm.num_hidden_layers, multi_query_group_num=glm.num_key_value_heads,
+               kv_channels=glm.head_dim, hidden_size=glm.hidden_size)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return [out / PREFIX_FILE, out / "config.json"]
+
+
+def load_prefix_state(model: PrefixModel, folder: str | os.PathLike) -> None:
+    """Resume: load a saved prefix into an already prepared :class:`PrefixModel`, in place."""
+    folder = Path(folder)
+    state, source = read_prefix_state(folder)
+    check_prefix_shape(state, model.options, model.config, source)
+    load_prefix_weights(model, state, source)
