@@ -1,0 +1,20 @@
+"""The data layer: files -> records -> messages -> (input_ids, labels) -> batches.
+
+Main entry points: :class:`DataConfig`, :func:`prepare_splits`, the ChatGLM3
+format in :mod:`glmtune.data.chat_format`, collators in :mod:`glmtune.data.collate`.
+"""
+
+from .chat_format import build_prompt, encode_base, encode_chat, parse_reply, render_tool_call
+from .collate import PackedCollator, PackedDataset, PaddedCollator, make_collator, pack, training_dataset
+from .config import DataConfig
+from .errors import DataError, DataProblems, Problem
+from .messages import Conversation, Message, ToolCall
+from .pipeline import Splits, prepare_splits
+from .report import DataReport, SplitReport
+
+__all__ = [
+    "Conversation", "DataConfig", "DataError", "DataProblems", "DataReport", "Message", "PackedCollator",
+    "PackedDataset", "PaddedCollator", "Problem", "SplitReport", "Splits", "ToolCall", "build_prompt",
+    "encode_base", "encode_chat", "make_collator", "pack", "parse_reply", "prepare_splits", "render_tool_call",
+    "training_dataset",
+]

@@ -1,0 +1,103 @@
+"""Format detection, column mapping, and whole-record validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import DataError, RecordError, record_error
+from .formats import FORMATS, _Ctx, _structured
+from .messages import Conversation
+
+_CHAT_COLUMNS = ("system", "user", "assistant", "context", "target")
+
+
+def apply_columns(record: dict, columns: dict[str, str]) -> dict:
+    """Rename the record's keys by ``columns`` (source -> target); unmapped keys stay."""
+    if not columns:
+        return record
+    out = {k: v for k, v in record.items() if k not in columns}
+    for src, dst in columns.items():
+        if src in record:
+            out[dst] = record[src]
+    return out
+
+
+def _first_role_key(items: Any) -> str | None:
+    items = _structured(items)
+    if isinstance(items, list) and items and isinstance(items[0], dict):
+        return "from" if "from" in items[0] else "role" if "role" in items[0] else None
+    return None
+
+
+def candidate_formats(record: dict) -> list[str]:
+    """Formats whose keys the record has (after column mapping)."""
+    found = []
+    if "conversations" in record:
+        found.append("sharegpt" if _first_role_key(record["conversations"]) == "from" else "chatglm3")
+    if "messages" in record:
+        found.append("sharegpt" if _first_role_key(record["messages"]) == "from" else "openai")
+    if "instruction" in record and "output" in record:
+        found.append("alpaca")
+    if ("context" in record and "target" in record) or ("prompt" in record and "response" in record):
+        found.append("base")
+    if "user" in record and "assistant" in record:
+        found.append("columns")
+    return found
+
+
+def detect_format(record: Any, file: str, line: int | None) -> str:
+    """The format of ``record`` from its keys; a :class:`DataError` when none or several fit."""
+    if not isinstance(record, dict):
+        raise record_error(file, line, f"record is a JSON {type(record).__name__}", "a JSON object per record",
+                           "write each record as {...}", "not_object")
+    found = candidate_formats(record)
+    if len(found) == 1:
+        return found[0]
+    keys = ", ".join(sorted(map(str, record))[:12]) or "none"
+    if not found:
+        raise DataError(
+            f"{file}:{line}: cannot tell the data format from the keys ({keys}) "
+            "(expected conversations [chatglm3/sharegpt], messages [openai], instruction+output [alpaca], "
+            "context+target or prompt+response [base]; fix: pass --format, or map your columns, "
+            "e.g. data.columns={content: user, summary: assistant})")
+    raise DataError(f"{file}:{line}: the keys ({keys}) fit several formats: {', '.join(found)} "
+                    f"(fix: pass --format {found[0]} or another of them)")
+
+
+def convert_record(record: Any, fmt: str, file: str, line: int | None,
+                   columns: dict[str, str] | None = None) -> Conversation:
+    """One raw record -> validated :class:`Conversation`; raises :class:`RecordError` naming file:line."""
+    ctx = _Ctx(file, line, fmt)
+    if not isinstance(record, dict):
+        raise ctx.error(f"record is a JSON {type(record).__name__}", "a JSON object per record",
+                        "write each record as {...}", "not_object")
+    record = apply_columns(record, columns or {})
+    conv = FORMATS[fmt](record, ctx)
+    conv.source, conv.line = file, line
+    validate(conv, ctx)
+    return conv
+
+
+def validate(conv: Conversation, ctx: _Ctx) -> None:
+    """Checks every format shares: not empty, something to learn."""
+    if not conv.messages:
+        raise ctx.error("empty conversation", "at least a user and an assistant message",
+                        "remove the record or fill it", "empty_conversation")
+    if conv.kind == "chat" and not any(m.learned for m in conv.messages):
+        raise ctx.error("no trainable message", "at least one assistant message without \"loss\": false",
+                        "add the assistant's answer (or remove the record)", "no_trainable")
+
+
+def resolve_format(fmt: str, first_record: Any, file: str, line: int | None,
+                   columns: dict[str, str] | None) -> str:
+    """The configured format, or the one detected from the first record (after column mapping)."""
+    if fmt != "auto":
+        if fmt not in FORMATS:
+            raise DataError(f"unknown format {fmt!r} (expected one of: auto, {', '.join(FORMATS)})")
+        return fmt
+    record = apply_columns(first_record, columns or {}) if isinstance(first_record, dict) else first_record
+    return detect_format(record, file, line)
+
+
+__all__ = ["apply_columns", "candidate_formats", "convert_record", "detect_format", "resolve_format",
+           "RecordError", "_CHAT_COLUMNS"]

@@ -1,0 +1,147 @@
+"""``prepare_splits``: config -> train/validation/test datasets + report (+ prompts for generation eval)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cache
+from .chat_format import IGNORE_INDEX, build_prompt, render_message
+from .config import DataConfig
+from .convert import convert_record, resolve_format
+from .dataset import EncodedDataset
+from .errors import DataError, DataProblems, RecordError
+from .messages import Conversation
+from .process import merge_processed, process_source, read_source
+from .registry import Source, registry_sources
+from .report import DataReport
+
+SPLITS = ("train", "validation", "test")
+
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def split_sources(cfg: DataConfig, base_dir: str | Path | None = None) -> dict[str, list[Source]]:
+    """Files of each split, resolved against ``data_dir`` (itself relative to ``base_dir``)."""
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    root = _resolve(cfg.data_dir, base) if cfg.data_dir else base
+    train = [Source(_resolve(f, root)) for f in ([cfg.train_file] if cfg.train_file else []) + cfg.train_files]
+    if cfg.datasets:
+        train += registry_sources(cfg.registry_file, cfg.datasets, root)
+    out = {"train": train,
+           "validation": [Source(_resolve(cfg.val_file, root))] if cfg.val_file else [],
+           "test": [Source(_resolve(cfg.test_file, root))] if cfg.test_file else []}
+    return out
+
+
+def conversations(sources: list[Source], cfg: DataConfig) -> list[Conversation]:
+    """Valid conversations of ``sources`` (invalid records are skipped; use ``prepare_splits`` to validate)."""
+    out = []
+    for source in sources:
+        records, _, _ = read_source(source, cfg.seed)
+        if not records:
+            continue
+        columns = {**cfg.columns, **source.columns}
+        fmt = resolve_format(cfg.format if source.format == "auto" else source.format,
+                             records[0][1], str(source.path), records[0][0], columns)
+        for line, record in records:
+            try:
+                out.append(convert_record(record, fmt, str(source.path), line, columns))
+            except RecordError:
+                continue
+    return out
+
+
+def _truncate_prompt(ids: list[int], limit: int | None, keep: int) -> list[int]:
+    # Keep [gMASK] sop and the most recent context: cutting the end would cut the question itself.
+    if limit is None or len(ids) <= limit:
+        return ids
+    return ids[:keep] + ids[len(ids) - (limit - keep):]
+
+
+def eval_prompts_of(convs: list[Conversation], tokenizer, max_input_length: int | None) -> list[tuple[list[int], str]]:
+    """(prompt ids, reference text) for every learned assistant turn (official ``process_batch_eval``)."""
+    keep = len(tokenizer.prefix_ids())
+    out = []
+    for conv in convs:
+        if conv.kind == "base":
+            out.append((_truncate_prompt(build_prompt(conv, tokenizer), max_input_length, keep),
+                        conv.messages[1].content))
+            continue
+        for i, message in enumerate(conv.messages):
+            if message.role == "assistant" and message.learned:
+                prefix = Conversation(conv.messages[:i], tools=conv.tools)
+                ids = _truncate_prompt(build_prompt(prefix, tokenizer), max_input_length, keep)
+                metadata, content = render_message(message)
+                out.append((ids, f"{metadata}\n{content}" if metadata else content))
+    return out
+
+
+@dataclass
+class Splits:
+    """Encoded splits ready for a Trainer, plus their report."""
+
+    train: EncodedDataset | None
+    validation: EncodedDataset | None
+    test: EncodedDataset | None
+    report: DataReport
+    cfg: DataConfig
+    tokenizer: object
+    sources: dict[str, list[Source]] = field(default_factory=dict)
+
+    def __getitem__(self, split: str) -> EncodedDataset | None:
+        if split not in SPLITS:
+            raise KeyError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+        return getattr(self, split)
+
+    def conversations(self, split: str = "validation") -> list[Conversation]:
+        """The split's valid conversations (re-read from the files; for generation-based evaluation)."""
+        self[split]
+        return conversations(self.sources.get(split, []), self.cfg)
+
+    def eval_prompts(self, split: str = "validation") -> list[tuple[list[int], str]]:
+        """(prompt_ids ending with ``<|assistant|>``, reference text) per learned assistant turn."""
+        return eval_prompts_of(self.conversations(split), self.tokenizer, self.cfg.max_input_length)
+
+
+def prepare_splits(cfg: DataConfig, tokenizer, *, base_dir: str | Path | None = None) -> Splits:
+    """Read, validate, encode (or load from cache) every configured split.
+
+    Raises :class:`DataError` listing every invalid record unless
+    ``cfg.skip_invalid``; then the report says how many were skipped and why.
+    """
+    if not cfg.has_train() and not (cfg.val_file or cfg.test_file):
+        raise DataError("no data configured (expected data.train_file, data.datasets, or val/test files; "
+                        "fix: set data.train_file=path/to/train.jsonl)")
+    sources = split_sources(cfg, base_dir)
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache.default_cache_dir()
+    report, datasets, problems = DataReport(), {}, DataProblems()
+    for split in SPLITS:
+        if not sources[split]:
+            datasets[split] = None
+            continue
+        key = cache.cache_key(sources[split], cfg, tokenizer) if cfg.cache else None
+        hit = cache.load(cache_dir, key) if key else None
+        if hit is not None:
+            datasets[split], report.splits[split] = hit
+            report.from_cache[split] = True
+            continue
+        result = merge_processed([process_source(s, cfg, tokenizer) for s in sources[split]])
+        for p in result.problems:
+            problems.add(p)
+        datasets[split], report.splits[split] = result.dataset, result.report
+        report.from_cache[split] = False
+        if key and (cfg.skip_invalid or not result.problems):
+            cache.save(cache_dir, key, result.dataset, result.report)
+    if not cfg.skip_invalid:
+        problems.raise_if_any("the data")
+    if datasets["train"] is not None and len(datasets["train"]) == 0 and cfg.has_train():
+        raise DataError("the training set is empty after validation and length limits "
+                        f"(report:\n{report.format()})")
+    return Splits(datasets["train"], datasets["validation"], datasets["test"], report, cfg, tokenizer, sources)
+
+
+__all__ = ["IGNORE_INDEX", "Splits", "prepare_splits", "split_sources", "conversations", "eval_prompts_of"]

@@ -1,0 +1,140 @@
+"""Files -> raw records ``(line, dict)``, with problems located by line.
+
+Readers: ``.json`` (an array, one object, or JSON lines as in the official
+AdvertiseGen ``train.json``), ``.jsonl``, ``.csv``, ``.parquet``. A bad line
+of a JSON-lines file is reported and reading goes on, so one run lists every
+broken line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import Problem
+
+Item = tuple[int, Any] | Problem  # (1-based line or row, record) or a problem
+_DECODER = json.JSONDecoder()
+
+
+def _json_problem(path: Path, line: int, exc: json.JSONDecodeError) -> Problem:
+    return Problem(str(path), line, f"invalid JSON: {exc.msg} at column {exc.colno}",
+                   "one JSON object per record", "fix the quoting/brackets on this line", "invalid_json")
+
+
+def read_jsonl(path: Path, text: str) -> Iterator[Item]:
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            yield n, json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield _json_problem(path, n, exc)
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def read_json_array(path: Path, text: str) -> Iterator[Item]:
+    """Elements of a top-level JSON array, each with the line it starts on."""
+    i = _skip_ws(text, text.index("[") + 1)
+    line, counted = 1, 0
+    if i < len(text) and text[i] == "]":
+        return
+    while i < len(text):
+        line += text.count("\n", counted, i)
+        counted = i
+        try:
+            obj, end = _DECODER.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            yield _json_problem(path, exc.lineno, exc)
+            return  # the array is broken here; later positions cannot be trusted
+        yield line, obj
+        i = _skip_ws(text, end)
+        if i < len(text) and text[i] == ",":
+            i = _skip_ws(text, i + 1)
+        elif i < len(text) and text[i] == "]":
+            return
+        else:
+            lineno = text.count("\n", 0, i) + 1
+            yield Problem(str(path), lineno, "invalid JSON: expected ',' or ']' between array elements",
+                          "a JSON array of objects", "add the missing comma or bracket", "invalid_json")
+            return
+    yield Problem(str(path), line, "invalid JSON: the array is not closed", "a closing ']'",
+                  "complete the file (was it cut off?)", "invalid_json")
+
+
+def read_json(path: Path, text: str) -> Iterator[Item]:
+    start = _skip_ws(text, 0)
+    if start >= len(text):
+        return
+    if text[start] == "[":
+        yield from read_json_array(path, text)
+        return
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # several objects: JSON lines under a .json name (AdvertiseGen)
+            yield from read_jsonl(path, text)
+            return
+        yield _json_problem(path, exc.lineno, exc)
+        return
+    yield text.count("\n", 0, start) + 1, obj
+
+
+def read_csv(path: Path, text: str) -> Iterator[Item]:
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    line = reader.line_num + 1
+    for row in reader:
+        if None in row:
+            yield Problem(str(path), line, f"row has {len(row) - 1 + len(row[None])} fields but the header has "
+                          f"{len(reader.fieldnames or [])}", "one value per header column",
+                          "quote values that contain commas", "invalid_csv")
+        else:
+            yield line, row
+        line = reader.line_num + 1
+
+
+def read_parquet(path: Path, _text: str | None) -> Iterator[Item]:
+    import pyarrow.parquet as pq
+
+    for n, row in enumerate(pq.read_table(path).to_pylist(), 1):
+        yield n, row
+
+
+# Plain registry: file suffix -> reader. Parquet is binary and reads the path itself.
+READERS: dict[str, Callable[[Path, str | None], Iterator[Item]]] = {
+    ".json": read_json,
+    ".jsonl": read_jsonl,
+    ".csv": read_csv,
+    ".parquet": read_parquet,
+}
+
+
+def read_records(path: str | Path) -> Iterator[Item]:
+    """Yield ``(line, record)`` for each record of ``path``, or a :class:`Problem` where it cannot be read."""
+    from .errors import DataError
+
+    path = Path(path)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} "
+                        f"(expected one of: {', '.join(READERS)}; fix: convert the file or rename it)")
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found (fix: check the path; relative paths resolve against data_dir)")
+    if reader is read_parquet:
+        yield from reader(path, None)
+        return
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        yield Problem(str(path), line, "the file is not valid UTF-8", "UTF-8 text",
+                      "re-save the file as UTF-8 (e.g. iconv -f GBK -t UTF-8)", "encoding")
+        return
+    yield from reader(path, text)
