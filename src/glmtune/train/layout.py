@@ -1,0 +1,161 @@
+"""The run folder, what it holds, and the rules for an existing one.
+
+``OUTPUT/`` (``output.dir``, the official ``training_args.output_dir``)::
+
+    config.yaml            the resolved config: every option, defaults included
+    data_report.json       what the data step kept, cut and skipped (glmtune.data)
+    trainer_log.jsonl      one JSON line per log event: step, epoch, loss, learning_rate,
+                           grad_norm, tokens_per_second, eval_loss, eval_rouge-1, ...
+    checkpoint-N/          every training.save_steps steps, newest training.save_total_limit kept;
+                           the method's weights (as in final/) + optimizer.pt, scheduler.pt,
+                           rng_state.pth, trainer_state.json; usable as an adapter/prefix as is
+    final/                 the result: LoRA adapter (adapter_config.json + adapter_model.safetensors),
+                           P-Tuning prefix (prefix_encoder.safetensors + config.json), or a model
+                           folder (freeze/full), plus the tokenizer
+    eval/step-N/           predictions.jsonl (prompt, reference, prediction per sample) and
+                           metrics.json of the generation evaluation at step N
+    test/                  predictions.jsonl and metrics.json on the test set after training
+    loss.png, eval_loss.png  loss curves (matplotlib)
+    runs/                  TensorBoard event files (when tensorboard is installed)
+
+Checkpoints are written to ``.tmp-checkpoint-N`` and renamed only once every
+file is flushed to disk, so a folder named ``checkpoint-N`` is always
+complete; a crash leaves at most a ``.tmp-*`` folder, which resume ignores
+and the next save removes. An existing run is never silently overwritten:
+``output.if_exists`` says refuse (default), resume or overwrite.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..config import ConfigError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TMP_PREFIX = ".tmp-"
+# A complete checkpoint always holds this file: HF writes it last, and we rename after it.
+STATE_FILE = "trainer_state.json"
+RESUME_LATEST = ("auto", "yes", "latest", "true")
+RUN_FILES = ("config.yaml", "trainer_log.jsonl", "final")
+
+
+def checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for child in output_dir.iterdir():
+        match = CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def has_run(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds (part of) an earlier run."""
+    if not output_dir.is_dir():
+        return False
+    return any((output_dir / name).exists() for name in RUN_FILES) or any(
+        CHECKPOINT_RE.match(p.name) for p in output_dir.iterdir()
+    )
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint folder that ``training.resume`` designates, or None to start fresh.
+
+    ``auto``/``yes``/``latest``: the newest complete checkpoint (None if there is
+    none yet, as the official demo does); a number N: ``checkpoint-N``; otherwise
+    a checkpoint folder path.
+    """
+    if resume is None:
+        return None
+    if resume.lower() in RESUME_LATEST:
+        found = checkpoints(output_dir)
+        return found[-1][1] if found else None
+    if resume.isdigit():
+        path = output_dir / f"checkpoint-{int(resume)}"
+        if not (path / STATE_FILE).is_file():
+            steps = [str(n) for n, _ in checkpoints(output_dir)] or ["none"]
+            raise ConfigError(f"training.resume={resume}: no complete checkpoint-{resume} in {output_dir} "
+                              f"(available steps: {', '.join(steps)}); pick one of them, or 'yes' for the newest")
+        return path
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise ConfigError(f"training.resume={resume}: not a complete checkpoint folder (no {STATE_FILE}); "
+                          "give a checkpoint-N folder, a step number, or 'yes' for the newest")
+    return path
+
+
+def prepare_output(output_dir: Path, if_exists: str, resume: str | None) -> Path | None:
+    """Apply the existing-run policy; return the checkpoint to resume from (or None)."""
+    if resume is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial(output_dir)
+        return resolve_resume(resume, output_dir)
+    if has_run(output_dir):
+        if if_exists == "resume":
+            remove_partial(output_dir)
+            return resolve_resume("auto", output_dir)
+        if if_exists == "overwrite":
+            shutil.rmtree(output_dir)
+        else:
+            newest = checkpoints(output_dir)
+            hint = f" (newest: checkpoint-{newest[-1][0]})" if newest else ""
+            raise ConfigError(
+                f"output.dir {output_dir} already holds a run{hint}; resume it with training.resume=yes "
+                "(official command: add 'yes' or a step number), choose another output.dir, "
+                "or set output.if_exists=overwrite to delete it"
+            )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def remove_partial(output_dir: Path) -> None:
+    """Delete folders an interrupted save left behind (never a complete checkpoint)."""
+    for child in output_dir.iterdir():
+        if child.name.startswith(TMP_PREFIX) and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` (and the folder entries) to disk before it is renamed."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # some platforms cannot open folders; the rename is still atomic there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit_folder(tmp: Path, final: Path) -> Path:
+    """Atomically publish ``tmp`` as ``final`` (replacing an older ``final`` of the same name)."""
+    fsync_tree(tmp)
+    if final.exists():
+        # Same step saved twice (e.g. an interrupt right after a periodic save): keep the newer.
+        old = final.with_name(f"{TMP_PREFIX}old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    _fsync_dir(final.parent)
+    return final

@@ -1,0 +1,198 @@
+"""``run_training(cfg)``: config in, trained result and run folder out (layout: :mod:`.layout`).
+
+Order matters for the user's time: the output policy, the tokenizer and the
+data are checked before the (possibly 12 GB) model is loaded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ConfigError, TrainConfig, save_config
+from .callbacks import JsonlLogCallback, ProgressCallback, StopOnSignalCallback
+from .evaluation import GenerationEval
+from .layout import TMP_PREFIX, commit_folder, prepare_output
+from .plots import plot_losses
+from .setup import Precision, cast_trainable_to_fp32, resolve_precision, training_arguments
+from .trainer import GlmTrainer, write_json
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    output_dir: Path
+    final_dir: Path | None
+    """``OUTPUT/final`` (None when the run was interrupted before the end)."""
+    final_loss: float | None
+    """Last logged training loss."""
+    global_step: int
+    metrics: dict = field(default_factory=dict)
+    """Last eval metrics (``eval_loss``, ``eval_rouge-1``, ...) and test metrics (``test_rouge-1``, ...)."""
+    interrupted: str | None = None
+    """Name of the signal that stopped the run early (SIGINT/SIGTERM), else None."""
+    trainable_params: int = 0
+    total_params: int = 0
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def load_inputs(cfg: TrainConfig, quiet: bool):
+    """Tokenizer and encoded splits (fails on bad data before any model is loaded)."""
+    from ..data import prepare_splits
+    from ..tokenizer import load_tokenizer
+
+    tokenizer_path = cfg.model.tokenizer or cfg.model.path
+    if not Path(tokenizer_path).exists():
+        raise ConfigError(f"model.path {cfg.model.path!r} is a shape name with no tokenizer; "
+                          "set model.tokenizer to a folder holding tokenizer.model")
+    tokenizer = load_tokenizer(tokenizer_path)
+    splits = prepare_splits(cfg.data, tokenizer, base_dir=cfg.data.data_dir)
+    if splits.train is None or len(splits.train) == 0:
+        raise ConfigError("the training split is empty after preprocessing; see the data report "
+                          "(glmtune data check) for what was dropped")
+    _say(splits.report.format(), quiet)
+    return tokenizer, splits
+
+
+def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer):
+    """The base model prepared by the method, trainable weights in fp32, checkpointing on if asked."""
+    from ..methods import prepare
+    from ..models import SHAPES, load_model
+
+    vocab = tokenizer.vocab_size if cfg.model.path in SHAPES else None
+    model = load_model(cfg.model.path, dtype=precision.storage, device=precision.device,
+                       vocab_size=vocab, seed=cfg.training.seed)
+    model.config.use_cache = False  # no KV cache in training: it only costs memory
+    prepared = prepare(model, cfg.method.name, cfg.method.options)
+    cast_trainable_to_fp32(prepared.model)
+    if cfg.training.gradient_checkpointing:
+        # Non-reentrant: exact for every method (P-Tuning included) with no input-grad hook needed.
+        prepared.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return prepared
+
+
+def build_trainer(cfg: TrainConfig, prepared, tokenizer, splits, precision: Precision, out: Path):
+    from ..data import make_collator, training_dataset
+
+    validation = splits.validation
+    if validation is not None and cfg.evaluation.max_eval_samples:
+        validation = validation.select(range(min(len(validation), cfg.evaluation.max_eval_samples)))
+    has_eval = validation is not None and len(validation) > 0 and cfg.evaluation.strategy != "no"
+    args = training_arguments(cfg, precision, str(out), has_eval)
+    generation = None
+    if has_eval and cfg.evaluation.generate and cfg.evaluation.max_samples > 0:
+        pairs = splits.eval_prompts("validation")[: cfg.evaluation.max_samples]
+        generation = GenerationEval(pairs, tokenizer, out / "eval", cfg.evaluation.max_new_tokens,
+                                    cfg.evaluation.batch_size or cfg.training.batch_size)
+    trainer = GlmTrainer(
+        model=prepared.model,
+        args=args,
+        data_collator=make_collator(cfg.data, pad_id=tokenizer.pad_token_id),
+        train_dataset=training_dataset(splits.train, cfg.data),
+        eval_dataset=validation if has_eval else None,
+        prepared=prepared,
+        generation_eval=generation,
+    )
+    return trainer
+
+
+def _attach_callbacks(trainer: GlmTrainer, out: Path, quiet: bool):
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
+
+    for cb in (PrinterCallback, HFProgress):
+        trainer.remove_callback(cb)
+    log = JsonlLogCallback(out / "trainer_log.jsonl", trainer)
+    stopper = StopOnSignalCallback()
+    for cb in (log, ProgressCallback(log, enabled=not quiet), stopper):
+        trainer.add_callback(cb)
+    return log, stopper
+
+
+def run_training(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
+    """Train as ``cfg`` says; see :mod:`glmtune.train.layout` for the run folder."""
+    out = Path(cfg.output.dir)
+    resume_from = prepare_output(out, cfg.output.if_exists, cfg.training.resume)
+    tokenizer, splits = load_inputs(cfg, quiet)
+    save_config(cfg, out / "config.yaml")
+    write_json(out / "data_report.json", splits.report.to_dict())
+    precision = resolve_precision(cfg)
+    prepared = load_prepared(cfg, precision, tokenizer)
+    from ..methods import format_parameter_counts, trainable_parameter_counts
+
+    trainable, total = trainable_parameter_counts(prepared.model)
+    _say(f"{cfg.method.name}: {format_parameter_counts(prepared.model)}", quiet)
+    _say(f"device {precision.device}, compute {precision.compute}, frozen weights {precision.storage}", quiet)
+    trainer = build_trainer(cfg, prepared, tokenizer, splits, precision, out)
+    log, stopper = _attach_callbacks(trainer, out, quiet)
+    if resume_from is not None:
+        _say(f"resuming from {resume_from}", quiet)
+    stopper.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        stopper.uninstall()
+    result = TrainResult(out, None, log.last_loss, trainer.state.global_step,
+                         trainable_params=trainable, total_params=total)
+    result.metrics.update(_last_eval(trainer))
+    if stopper.received is not None:
+        result.interrupted = signal.Signals(stopper.received).name
+        _say(f"stopped by {result.interrupted} at step {result.global_step}; resume with training.resume=yes "
+             f"(official command: add 'yes')", quiet)
+    else:
+        result.final_dir = _save_final(trainer, prepared, tokenizer, out)
+        _say(f"saved {cfg.method.name} result to {result.final_dir}", quiet)
+        result.metrics.update(_test_metrics(cfg, trainer, splits, tokenizer, out))
+    if cfg.output.plots:
+        plot_losses(out)
+    return result
+
+
+def _save_final(trainer: GlmTrainer, prepared, tokenizer, out: Path) -> Path:
+    tmp, final = out / f"{TMP_PREFIX}final", out / "final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    prepared.save(tmp)
+    tokenizer.save_pretrained(tmp)
+    if prepared.method == "full":
+        from ..models import write_generation_config
+
+        write_generation_config(tmp, tokenizer)
+    return commit_folder(tmp, final)
+
+
+def _last_eval(trainer: GlmTrainer) -> dict:
+    metrics: dict = {}
+    for entry in trainer.state.log_history:
+        metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+    return metrics
+
+
+def _test_metrics(cfg: TrainConfig, trainer: GlmTrainer, splits, tokenizer, out: Path) -> dict:
+    if splits.test is None or not cfg.evaluation.generate:
+        return {}
+    pairs = splits.eval_prompts("test")
+    if cfg.evaluation.max_test_samples is not None:
+        pairs = pairs[: cfg.evaluation.max_test_samples]
+    generation = GenerationEval(pairs, tokenizer, out, cfg.evaluation.max_new_tokens,
+                                cfg.evaluation.batch_size or cfg.training.batch_size)
+    scores = generation.run(trainer.model, "test")
+    return {f"test_{k}": v for k, v in scores.items()}
+
+
+def describe(result: TrainResult) -> str:
+    """A short human summary of a result (for the CLI's last lines)."""
+    parts = [f"step {result.global_step}"]
+    if result.final_loss is not None:
+        parts.append(f"loss {result.final_loss:.4f}")
+    parts += [f"{k} {v:.4f}" for k, v in result.metrics.items() if isinstance(v, float)]
+    return ", ".join(parts)
+
+
+__all__ = ["TrainResult", "describe", "run_training"]

@@ -1,0 +1,111 @@
+"""Turning a :class:`TrainConfig` into the pieces of a run: device, precision, TrainingArguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError, TrainConfig
+
+
+@dataclass
+class Precision:
+    """Where and how the run computes."""
+
+    device: str
+    """cpu, cuda, cuda:N, mps, ..."""
+    compute: str
+    """bf16 / fp16 (autocast; fp16 with loss scaling) or fp32."""
+    storage: str
+    """dtype the frozen weights are loaded in."""
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"model.device={device} but no CUDA GPU is visible; use model.device=cpu or auto")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def resolve_precision(cfg: TrainConfig) -> Precision:
+    """bf16 where supported, fp16 (+ fp32 trainable weights, loss scaling) on fp16-only GPUs, fp32 on CPU."""
+    device = resolve_device(cfg.model.device)
+    on_gpu = device.startswith("cuda")
+    compute = cfg.training.precision
+    if compute == "auto":
+        if not on_gpu:
+            compute = "fp32"
+        else:
+            compute = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if compute in ("bf16", "fp16") and not on_gpu:
+        raise ConfigError(f"training.precision={compute} needs a GPU; this run is on {device} (use fp32 or auto)")
+    if compute == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("training.precision=bf16 but this GPU has no bf16 support; use fp16 or auto")
+    storage = cfg.model.dtype
+    if storage == "auto":
+        storage = compute
+    return Precision(device=device, compute=compute, storage=storage)
+
+
+def cast_trainable_to_fp32(model: torch.nn.Module) -> None:
+    """Trainable weights in fp32: AdamW updates vanish in half precision, and fp16 loss scaling needs it."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def tensorboard_available() -> bool:
+    from transformers.integrations import is_tensorboard_available
+
+    return is_tensorboard_available()
+
+
+def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, has_eval: bool):
+    """``Seq2SeqTrainingArguments`` for the run (the Trainer's own argument object)."""
+    from transformers import TrainingArguments
+
+    t, e = cfg.training, cfg.evaluation
+    strategy = e.strategy if has_eval else "no"
+    warmup = t.warmup_steps if t.warmup_steps else t.warmup_ratio  # transformers 5: a float < 1 is a ratio
+    kwargs = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=e.batch_size or t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=warmup,
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        seed=t.seed,
+        bf16=precision.compute == "bf16",
+        fp16=precision.compute == "fp16",
+        use_cpu=precision.device == "cpu",
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=strategy,
+        eval_steps=e.steps,
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,
+        report_to=["tensorboard"] if t.tensorboard and tensorboard_available() else "none",
+        disable_tqdm=True,  # our own bar shows real tokens/s
+        deepspeed=t.deepspeed,
+        gradient_checkpointing=False,  # enabled on the prepared model (non-reentrant), see run.py
+    )
+    kwargs.update(t.extra_args)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"the training options are inconsistent for transformers: {exc}") from None
