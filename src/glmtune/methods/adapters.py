@@ -148,7 +148,10 @@ def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, *, base_path
     if official:
         state = convert_official_state(state, model.config, path)
     check_shapes(model, state, path)
-    peft_model = get_peft_model(model, peft_config_from(cfg, official, base_path_override))
+    # PEFT records the base model's own name here; the override replaces it afterwards.
+    peft_model = get_peft_model(model, peft_config_from(cfg, official, model.__dict__.get("name_or_path")))
+    if base_path_override is not None:
+        peft_model.peft_config["default"].base_model_name_or_path = str(base_path_override)
     result = set_peft_model_state_dict(peft_model, state)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing:
