@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -102,10 +104,34 @@ def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, buf.view(dtype).reshape(shape)
 
 
+def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    """Run ``items`` one step ahead in a thread, so reading overlaps the caller's conversion.
+
+    File reads and torch casts both release the GIL; ``depth`` bounds the extra
+    tensors held in memory.
+    """
+    done = object()
+    q: queue.Queue = queue.Queue(maxsize=depth)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs of one weight file, one tensor in memory at a time for safetensors."""
+    """(name, tensor) pairs of one weight file, at most two tensors in memory at a time for safetensors."""
     if path.suffix == ".safetensors":
-        yield from _read_safetensors(path)
+        yield from _prefetched(_read_safetensors(path))
         return
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
