@@ -89,6 +89,7 @@ def read_json(path: Path, text: str) -> Iterator[Item]:
 
 def read_csv(path: Path, text: str) -> Iterator[Item]:
     reader = csv.DictReader(text.splitlines(keepends=True))
+    reader.fieldnames  # reads the header, so line_num counts it
     line = reader.line_num + 1
     for row in reader:
         if None in row:

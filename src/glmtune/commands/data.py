@@ -1,0 +1,154 @@
+"""``glmtune data check|preview|encode``: validate, inspect and encode data files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _common(p: argparse.ArgumentParser, lengths_default: int | None) -> None:
+    p.add_argument("--model", required=True, help="model folder (for its tokenizer), or a tokenizer.model file")
+    p.add_argument("--format", default="auto",
+                   help="record format: auto (by keys), chatglm3, alpaca, base, openai, sharegpt, columns")
+    p.add_argument("--columns", default="",
+                   help="column mapping src=dst[,src=dst] (e.g. content=user,summary=assistant)")
+    p.add_argument("--max-input-length", type=int, default=lengths_default, help="prompt budget in tokens")
+    p.add_argument("--max-output-length", type=int, default=lengths_default, help="answer budget in tokens")
+    p.add_argument("--max-seq-length", type=int, default=None, help="total length cap (replaces input+output+1)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="check, preview or encode data files",
+                       description="Validate data files, show how they are tokenized, or encode them.")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    c = dsub.add_parser("check", help="validate every record and summarise",
+                        description="List every problem as FILE:LINE: problem (expected ...), then a summary. "
+                                    "Exit status 1 if any record is invalid.")
+    c.add_argument("inputs", nargs="+", metavar="INPUT")
+    _common(c, 512)
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    c.set_defaults(func=run_check)
+
+    v = dsub.add_parser("preview", help="show token / id / label of the first records",
+                        description="The official demo's sanity check: decoded token, token id, label id.")
+    v.add_argument("input", metavar="INPUT")
+    v.add_argument("-n", type=int, default=1, help="number of records (default 1)")
+    _common(v, None)
+    v.set_defaults(func=run_preview)
+
+    e = dsub.add_parser("encode", help="write input_ids/labels as JSON lines",
+                        description="One JSON line per record: {\"input_ids\": [...], \"labels\": [...]}, or "
+                                    "with --for-generation {\"input_ids\": [...]} of the generation prompt.")
+    e.add_argument("input", metavar="INPUT")
+    _common(e, None)
+    e.add_argument("--for-generation", action="store_true",
+                   help="encode the prompt ending with <|assistant|> (trailing assistant turns are left out)")
+    e.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
+    e.set_defaults(func=run_encode)
+
+
+def _columns(text: str) -> dict[str, str]:
+    from ..data.errors import DataError
+
+    out = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        src, eq, dst = part.partition("=")
+        if not eq or not src or not dst:
+            raise DataError(f"--columns: {part!r} (expected src=dst, e.g. content=user,summary=assistant)")
+        out[src.strip()] = dst.strip()
+    return out
+
+
+def _config(args: argparse.Namespace, **extra):
+    from ..data.config import DataConfig
+
+    return DataConfig(format=args.format, columns=_columns(args.columns), max_input_length=args.max_input_length,
+                      max_output_length=args.max_output_length, max_seq_length=args.max_seq_length,
+                      cache=False, **extra)
+
+
+def _load(args: argparse.Namespace, path: str):
+    """(config, tokenizer, converted records, problems) of one input file."""
+    from pathlib import Path
+
+    from ..data.cli_support import load_conversations
+    from ..tokenizer import load_tokenizer
+
+    cfg = _config(args)
+    return cfg, load_tokenizer(args.model), *load_conversations(Path(path), cfg)
+
+
+def _print_problems(problems) -> None:
+    for p in problems:
+        print(p, file=sys.stderr)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..data.process import merge_processed, process_source
+    from ..data.registry import Source
+    from ..tokenizer import load_tokenizer
+
+    cfg, tok = _config(args), load_tokenizer(args.model)
+    result = merge_processed([process_source(Source(Path(f)), cfg, tok) for f in args.inputs])
+    _print_problems(result.problems)
+    report = result.report
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({**asdict(report), "invalid": len(result.problems)}, ensure_ascii=False, indent=2))
+    else:
+        report.examples = []  # every problem is already printed above
+        print(report.format("data"))
+        limits = f"chat cap {cfg.chat_length} tokens" if cfg.chat_length else "no length limit"
+        print(f"  would be truncated at these lengths ({limits}): {report.truncated}")
+        n = len(result.problems)
+        print(f"{n} invalid record{'s' if n != 1 else ''}" if n else "all records are valid")
+    return 1 if result.problems else 0
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    from ..data.encode import encode_sample
+
+    cfg, tok, convs, problems = _load(args, args.input)
+    _print_problems(problems)
+    for conv in convs[: args.n]:
+        sample = encode_sample(conv, tok, cfg)
+        print(f"--> {conv.where} ({len(sample.input_ids)} tokens"
+              + (", truncated" if sample.truncated else "") + ")")
+        for i, label in zip(sample.input_ids, sample.labels):
+            text = tok.index_special_tokens[i] if i in tok.index_special_tokens else tok.decode([i])
+            text = text or tok.convert_ids_to_tokens([i])[0]  # "▁" decodes to nothing; show the piece
+            print(f"{text!r:>20}: {i} -> {label}")
+    return 1 if problems else 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    import json
+
+    from ..data.cli_support import prompt_ids
+    from ..data.encode import encode_sample
+
+    cfg, tok, convs, problems = _load(args, args.input)
+    if problems:
+        _print_problems(problems)
+        print(f"glmtune: error: {len(problems)} invalid record(s) in {args.input}; nothing written", file=sys.stderr)
+        return 1
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    try:
+        for conv in convs:
+            if args.for_generation:
+                row = {"input_ids": prompt_ids(conv, tok, cfg)}
+            else:
+                sample = encode_sample(conv, tok, cfg)
+                if sample.dropped:
+                    print(f"{conv.where}: warning: no learned token left after truncation", file=sys.stderr)
+                row = {"input_ids": sample.input_ids, "labels": sample.labels}
+            out.write(json.dumps(row) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
