@@ -34,8 +34,10 @@ def test_unknown_method_lists_known_ones():
 def test_unknown_option_suggests_the_closest():
     with pytest.raises(MethodError, match=r"'rank' .*valid options: r, alpha"):
         make_options("lora", {"rank": 8})
-    with pytest.raises(MethodError, match=r"'pre_seq_lens' \(did you mean"):
-        make_options("ptuning", {"pre_seq_lens": 8})
+    with pytest.raises(MethodError, match=r"'pre_seq_len' \(did you mean 'num_virtual_tokens'"):
+        make_options("ptuning", {"pre_seq_len": 8})
+    with pytest.raises(MethodError, match=r"'prefix_projecton' \(did you mean 'prefix_projection'"):
+        make_options("ptuning", {"prefix_projecton": True})
 
 
 @pytest.mark.parametrize("build, message", [

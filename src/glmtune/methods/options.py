@@ -137,6 +137,11 @@ class FullOptions:
     """Full fine-tuning: every parameter trains. No options; the dataclass keeps the API uniform."""
 
 
+# Names users bring from PEFT / the official demo, pointed at ours in the error message.
+_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+            "target_modules": "target", "pre_seq_len": "num_virtual_tokens"}
+
+
 def options_from_dict(options_type: type, values: dict[str, Any], method: str) -> Any:
     """Build ``options_type`` from a plain dict; unknown keys are an error listing the valid ones."""
     known = [f.name for f in dataclasses.fields(options_type)]
@@ -146,7 +151,7 @@ def options_from_dict(options_type: type, values: dict[str, Any], method: str) -
 
         hints = []
         for key in unknown:
-            close = difflib.get_close_matches(key, known, n=1)
+            close = [_ALIASES[key]] if _ALIASES.get(key) in known else difflib.get_close_matches(key, known, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise MethodError(
             f"unknown option(s) for method {method!r}: {', '.join(hints)}; "
