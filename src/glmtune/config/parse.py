@@ -148,7 +148,9 @@ def convert(tp, value, path: str, source: Source):
                 errors.append(exc)
         raise errors[-1] if len(errors) == 1 else _type_error(tp, value, path, source)
     if origin is Literal:
-        if value in args:
+        if isinstance(value, bool) and not value and "no" in args:
+            return "no"  # YAML 1.1 reads a bare `no` as false
+        if value in args and not isinstance(value, bool):
             return value
         hint = closest(str(value), [str(a) for a in args])
         raise ConfigError(

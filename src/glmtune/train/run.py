@@ -37,6 +37,8 @@ class TrainResult:
     """Name of the signal that stopped the run early (SIGINT/SIGTERM), else None."""
     trainable_params: int = 0
     total_params: int = 0
+    model: object = field(default=None, repr=False)
+    """The trained model in memory (method applied, eval mode), e.g. to chat right away."""
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -116,8 +118,14 @@ def _attach_callbacks(trainer: GlmTrainer, out: Path, quiet: bool):
     return log, stopper
 
 
-def run_training(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
-    """Train as ``cfg`` says; see :mod:`glmtune.train.layout` for the run folder."""
+def run_training(cfg: TrainConfig, *, quiet: bool = False, callbacks: list | None = None) -> TrainResult:
+    """Train as ``cfg`` says; see :mod:`glmtune.train.layout` for the run folder.
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects. Raises
+    :class:`ConfigError` / ``DataError`` / ``MethodError`` for bad input (before
+    the model is loaded where possible) and :class:`TrainingError` when the
+    loss stops being finite.
+    """
     out = Path(cfg.output.dir)
     resume_from = prepare_output(out, cfg.output.if_exists, cfg.training.resume)
     tokenizer, splits = load_inputs(cfg, quiet)
@@ -132,6 +140,8 @@ def run_training(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     _say(f"device {precision.device}, compute {precision.compute}, frozen weights {precision.storage}", quiet)
     trainer = build_trainer(cfg, prepared, tokenizer, splits, precision, out)
     log, stopper = _attach_callbacks(trainer, out, quiet)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
     if resume_from is not None:
         _say(f"resuming from {resume_from}", quiet)
     stopper.install()
@@ -140,7 +150,7 @@ def run_training(cfg: TrainConfig, *, quiet: bool = False) -> TrainResult:
     finally:
         stopper.uninstall()
     result = TrainResult(out, None, log.last_loss, trainer.state.global_step,
-                         trainable_params=trainable, total_params=total)
+                         trainable_params=trainable, total_params=total, model=prepared.model.eval())
     result.metrics.update(_last_eval(trainer))
     if stopper.received is not None:
         result.interrupted = signal.Signals(stopper.received).name

@@ -102,7 +102,6 @@ def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, 
         report_to=["tensorboard"] if t.tensorboard and tensorboard_available() else "none",
         disable_tqdm=True,  # our own bar shows real tokens/s
         deepspeed=t.deepspeed,
-        gradient_checkpointing=False,  # enabled on the prepared model (non-reentrant), see run.py
     )
     kwargs.update(t.extra_args)
     try:
