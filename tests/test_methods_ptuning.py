@@ -173,9 +173,19 @@ def test_loads_bin_prefix_and_whole_official_checkpoint(tmp_path, official_prefi
     cfg = json.loads((TINY / "config.json").read_text())
     (whole / "config.json").write_text(json.dumps({**cfg, "pre_seq_len": 8, "prefix_projection": False}))
     save_file(weights, str(whole / "model.safetensors"))
+    # The same, saved sharded with the whole model: the index points to the shard holding the prefix.
+    sharded = tmp_path / "checkpoint-2000"
+    sharded.mkdir()
+    (sharded / "config.json").write_text((whole / "config.json").read_text())
+    index = json.loads((TINY / "model.safetensors.index.json").read_text())
+    for shard in set(index["weight_map"].values()):
+        shutil.copy(TINY / shard, sharded / shard)
+    save_file(weights, str(sharded / "model-prefix.safetensors"))
+    index["weight_map"].update(dict.fromkeys(weights, "model-prefix.safetensors"))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
     with torch.no_grad():
         expected = official_prefix_model(input_ids=ids).logits
-        for folder in (bin_dir, whole):
+        for folder in (bin_dir, whole, sharded):
             model = load_model(TINY, dtype="fp32", prefix=folder)
             assert torch.equal(model(input_ids=ids).logits, expected), folder
 

@@ -19,10 +19,11 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..models.checkpoint import iter_tensors, weight_files
+from ..models.checkpoint import INDEX_FILES, iter_tensors, weight_files
 from ..models.convert import CheckpointError
 from .errors import MethodError
 from .options import PrefixOptions
@@ -34,9 +35,23 @@ _PREFIX_FILE_CANDIDATES = ("prefix_encoder.safetensors", "prefix_encoder.bin", "
                            "model.safetensors")
 
 
+def _indexed_prefix_shards(folder: Path) -> list[Path]:
+    """Shards of a whole sharded checkpoint that the index says hold prefix encoder keys (skips the rest)."""
+    for index in INDEX_FILES:
+        if (folder / index).is_file():
+            try:
+                weight_map = json.loads((folder / index).read_text(encoding="utf-8")).get("weight_map") or {}
+            except (OSError, ValueError, AttributeError):
+                return []
+            names = dict.fromkeys(v for k, v in weight_map.items() if "prefix_encoder." in k)
+            return [folder / n for n in names if (folder / n).is_file()]
+    return []
+
+
 def prefix_weight_files(folder: Path) -> list[Path]:
     """Files that may hold the prefix encoder, most specific first."""
     found = [folder / name for name in _PREFIX_FILE_CANDIDATES if (folder / name).is_file()]
+    found = found or _indexed_prefix_shards(folder)
     if not found:
         try:
             found = weight_files(folder)
@@ -50,15 +65,23 @@ def prefix_weight_files(folder: Path) -> list[Path]:
     return found
 
 
+def _prefix_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Prefix encoder tensors of one file, keys relative to the encoder; other tensors are not read."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k.split("prefix_encoder.", 1)[1]: f.get_tensor(k) for k in f.keys() if "prefix_encoder." in k}
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    return {k.split("prefix_encoder.", 1)[1]: t for k, t in iter_tensors(path) if "prefix_encoder." in k}
+
+
 def read_prefix_state(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     """The prefix encoder tensors (keys relative to the encoder) and the file they came from."""
     files = prefix_weight_files(folder)
     for path in files:
-        state = {}
         try:
-            for name, tensor in iter_tensors(path):
-                if "prefix_encoder." in name:
-                    state[name.split("prefix_encoder.", 1)[1]] = tensor
+            state = _prefix_tensors(path)
         except CheckpointError as exc:
             raise MethodError(str(exc)) from None
         if state:
