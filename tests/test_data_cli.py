@@ -1,0 +1,65 @@
+"""``glmtune data encode`` reproduces the official encodings; ``preview`` shows the sanity-check table."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import ENCODINGS, TINY, need_fixtures
+from glmtune.cli import main
+
+
+def _encode(tmp_path, capsys, record, *args):
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps(record, ensure_ascii=False) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["data", "encode", str(path), "--model", str(TINY), "-o", str(out), *args]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_encode_reproduces_every_reference_case(tmp_path, capsys):
+    need_fixtures()
+    cases = [json.loads(x) for x in ENCODINGS.read_text().splitlines()]
+    assert len(cases) == 7
+    for case in cases:
+        if case["kind"] == "chat":
+            row = _encode(tmp_path, capsys, case["input"])
+            assert row == {"input_ids": case["input_ids"], "labels": case["labels"]}, case["name"]
+        elif case["kind"] == "base":
+            row = _encode(tmp_path, capsys, case["input"], "--max-input-length", str(case["max_source"]),
+                          "--max-output-length", str(case["max_target"]))
+            assert row == {"input_ids": case["input_ids"], "labels": case["labels"]}, case["name"]
+        else:
+            conv = case["input"]["history"] + [{"role": "user", "content": case["input"]["query"]}]
+            row = _encode(tmp_path, capsys, {"conversations": conv}, "--for-generation")
+            assert row == {"input_ids": case["input_ids"]}, case["name"]
+
+
+def test_encode_to_stdout_with_format_and_columns(tmp_path, capsys):
+    need_fixtures()
+    path = tmp_path / "adv.json"
+    path.write_text(json.dumps({"content": "类型#裙", "summary": "好看"}, ensure_ascii=False) + "\n")
+    assert main(["data", "encode", str(path), "--model", str(TINY / "tokenizer.model"),
+                 "--columns", "content=user,summary=assistant"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    from glmtune import load_tokenizer
+    from glmtune.data import Conversation, Message, encode_chat
+
+    tok = load_tokenizer(TINY)
+    ids, labels = encode_chat(Conversation([Message("user", "类型#裙"), Message("assistant", "好看")]), tok)
+    assert row == {"input_ids": ids, "labels": labels}
+    assert tok.decode(ids) == "[gMASK]sop<|user|>\n类型#裙<|assistant|>\n好看</s>"
+
+
+def test_preview_prints_token_id_label_table(tmp_path, capsys):
+    need_fixtures()
+    path = tmp_path / "p.jsonl"
+    conv = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
+    path.write_text(json.dumps(conv) + "\n" + json.dumps(conv) + "\n")
+    assert main(["data", "preview", str(path), "--model", str(TINY), "-n", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"--> {path}:1")
+    assert "'<|assistant|>': 64796 -> -100" in [x.strip() for x in out]
+    assert out[-1].strip().endswith(": 2 -> 2")  # eos learned after the answer
+    assert sum(x.startswith("-->") for x in out) == 1
