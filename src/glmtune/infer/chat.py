@@ -1,0 +1,202 @@
+"""A chat session: history, ChatGLM3 prompts, streamed replies and tool calls.
+
+Shared by ``glmtune chat`` and the API server. History follows the official
+``model.chat``: a plain reply is kept stripped, a tool call keeps its metadata
+line (the tool name) and raw body, and a tool result goes back as an
+``<|observation|>`` turn, so the next prompt re-encodes exactly what the
+official demo would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from ..cli import UserError
+from ..data.chat_format import TOOLS_PROMPT, build_prompt, parse_reply
+from ..data.messages import Message, ToolCall
+from .generation import generate_stream
+from .sampling import SamplingConfig, make_generator
+from .streaming import IncrementalDecoder
+
+
+class ChatError(UserError, ValueError):
+    """A chat turn cannot be run (e.g. the prompt does not fit the model's context)."""
+
+
+@dataclass
+class Reply:
+    """One assistant reply."""
+
+    content: str
+    """Text to show: the reply stripped, or a tool call's body."""
+    tool_call: ToolCall | None
+    """The parsed call when the reply calls a tool (name + parameters)."""
+    raw: str
+    """Decoded reply as generated: metadata line, newline, body."""
+    token_ids: list[int] = field(default_factory=list)
+    """Generated ids, stop token excluded."""
+    finish_reason: str = "stop"
+    """stop (a stop token), length (max_new_tokens reached) or tool_calls."""
+    prompt_tokens: int = 0
+
+
+def reply_message(raw: str, content: str, tool_call: ToolCall | None) -> Message:
+    """The history entry for a reply, as the official ``process_response`` keeps it."""
+    metadata, body = raw.split("\n", 1) if "\n" in raw else ("", raw)
+    if metadata.strip():
+        return Message("assistant", content=body, metadata=metadata)
+    return Message("assistant", content=content)
+
+
+def system_messages(system: str | None, tools: list | None) -> list[Message]:
+    if tools:
+        # The official tool demo's system prompt, unless the user gives their own.
+        return [Message("system", content=system if system is not None else TOOLS_PROMPT.rstrip("\n"), tools=tools)]
+    return [Message("system", content=system)] if system else []
+
+
+class ReplyStream:
+    """Iterate for the visible text as it is generated; ``.reply`` is set once iteration ends.
+
+    The first line of a ChatGLM3 reply is metadata (empty for plain text, a
+    tool name for a tool call), so text is streamed only after an empty
+    metadata line; a tool call's body is held back and parsed at the end.
+    """
+
+    def __init__(self, session: "ChatSession", prompt: list[int]):
+        self.session, self.prompt = session, prompt
+        self.reply: Reply | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        session = self.session
+        decoder = IncrementalDecoder(session.tokenizer)
+        ids: list[int] = []
+        shown = 0  # characters of the visible text already yielded
+        cfg = session.sampling
+        tokens = generate_stream(session.model, self.prompt, max_new_tokens=cfg.max_new_tokens,
+                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                 repetition_penalty=cfg.repetition_penalty, generator=session.generator,
+                                 stop_ids=session.tokenizer.stop_ids)
+        for token in tokens:
+            ids.append(token)
+            decoder.push(token)
+            visible = _visible_text(decoder.text)
+            if visible is not None and len(visible) > shown:
+                yield visible[shown:]
+                shown = len(visible)
+        self.reply = session._finish(self.prompt, ids, decoder.final_text())
+
+    def text(self) -> Reply:
+        """Run to the end and return the reply."""
+        for _ in self:
+            pass
+        return self.reply
+
+
+def _visible_text(text: str) -> str | None:
+    """The streamable part of a partial reply, or None while it may still be a tool call."""
+    if "\n" not in text:
+        return None
+    metadata, body = text.split("\n", 1)
+    if metadata.strip():
+        return None
+    # Trailing whitespace may be followed by more text or stripped at the end: hold it back.
+    return body.lstrip().rstrip()
+
+
+class ChatSession:
+    """Multi-turn chat with a model: history in, streamed reply out.
+
+    ``session.send("hi")`` returns a :class:`ReplyStream`; ``session.chat("hi")``
+    the finished :class:`Reply`. ``last_prompt`` holds the ids of the last
+    prompt (for debugging and tests). History longer than the context is
+    trimmed from the oldest exchange, keeping the system message.
+    """
+
+    def __init__(self, model, tokenizer, *, system: str | None = None, tools: list | None = None,
+                 sampling: SamplingConfig | None = None, max_context: int | None = None,
+                 history: list[Message] | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.sampling = sampling or SamplingConfig()
+        self.system = system_messages(system, tools)
+        self.history: list[Message] = list(history or [])
+        config = getattr(model, "config", None)
+        self.max_context = max_context or getattr(config, "max_position_embeddings", None)
+        self.generator = make_generator(self.sampling.seed, _device(model))
+        self.last_prompt: list[int] = []
+        self.last_reply: Reply | None = None
+
+    @property
+    def messages(self) -> list[Message]:
+        return [*self.system, *self.history]
+
+    def clear(self) -> None:
+        """Forget the conversation (the system prompt and tools stay)."""
+        self.history.clear()
+
+    def add(self, role: str, content: str) -> None:
+        if role not in ("user", "observation"):
+            raise ChatError(f"a chat turn is 'user' or 'observation', not {role!r}")
+        self.history.append(Message(role, content=content))
+
+    def prompt_ids(self) -> list[int]:
+        """The prompt for the next reply, trimming the oldest exchanges when it does not fit."""
+        budget = None if self.max_context is None else self.max_context - self.sampling.max_new_tokens
+        while True:
+            ids = build_prompt(self.messages, self.tokenizer)
+            if budget is None or len(ids) <= budget:
+                return ids
+            if not self._drop_oldest_exchange():
+                raise ChatError(
+                    f"the prompt is {len(ids)} tokens, but the model's context is {self.max_context} and "
+                    f"{self.sampling.max_new_tokens} are reserved for the reply; shorten the message or the "
+                    "system prompt, or lower max_new_tokens")
+
+    def _drop_oldest_exchange(self) -> bool:
+        # An exchange runs from a user turn to the next one (tool calls and observations included).
+        starts = [i for i, m in enumerate(self.history) if m.role == "user"]
+        if len(starts) < 2:
+            return False
+        del self.history[: starts[1]]
+        return True
+
+    def stream(self) -> ReplyStream:
+        """Generate the reply to the history as it stands (it must end with a user or observation turn)."""
+        if not self.history or self.history[-1].role == "assistant":
+            raise ChatError("nothing to reply to: add a user or observation turn first")
+        self.last_prompt = self.prompt_ids()
+        return ReplyStream(self, self.last_prompt)
+
+    def send(self, content: str, role: str = "user") -> ReplyStream:
+        self.add(role, content)
+        return self.stream()
+
+    def chat(self, content: str, role: str = "user") -> Reply:
+        return self.send(content, role).text()
+
+    def _finish(self, prompt: list[int], ids: list[int], raw: str) -> Reply:
+        content, call = parse_reply(raw)
+        if call is not None:
+            reason = "tool_calls"
+        elif len(ids) >= self.sampling.max_new_tokens:
+            reason = "length"
+        else:
+            reason = "stop"
+        self.history.append(reply_message(raw, content, call))
+        self.last_reply = Reply(content=content, tool_call=call, raw=raw, token_ids=ids, finish_reason=reason,
+                                prompt_tokens=len(prompt))
+        return self.last_reply
+
+    def with_sampling(self, **changes) -> "ChatSession":
+        """Same model and history, other sampling settings (for per-request options in the server)."""
+        self.sampling = replace(self.sampling, **changes)
+        self.generator = make_generator(self.sampling.seed, _device(self.model))
+        return self
+
+
+def _device(model):
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return "cpu"
