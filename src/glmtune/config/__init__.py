@@ -89,11 +89,19 @@ def _check_method_sections(data: dict, source: Source) -> None:
     name = str(method.get("name", "lora"))
     name = METHOD_ALIASES.get(name, name)
     for other, section in METHOD_SECTIONS.items():
-        if other != name and method.get(section) not in (None, {}):
+        if other != name and method.get(section) not in (None, {}) and not _is_default(other, method[section]):
             raise ConfigError(
                 f"{source.where('method.' + section)}: method.{section} options do not apply to method "
                 f"{name!r}; remove the method.{section} section, or set method.name={other}"
             )
+
+
+def _is_default(method: str, values) -> bool:
+    """A section equal to the method's defaults (as a resolved config.yaml writes it) sets nothing."""
+    from .schema import MethodConfig
+
+    default = getattr(MethodConfig(), method)
+    return isinstance(values, dict) and values == to_dict(default)
 
 
 def _default_data_dir(data: dict, base: Path) -> None:

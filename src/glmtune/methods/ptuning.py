@@ -178,6 +178,8 @@ class PrefixModel(nn.Module):
         ref = input_ids if input_ids is not None else inputs_embeds
         batch, length = ref.shape[0], ref.shape[1]
         dtype = self.dtype if inputs_embeds is None else inputs_embeds.dtype
+        if use_cache is None:
+            use_cache = self.config.use_cache
         grow = bool(use_cache) and not self.training
         if past_key_values is None:
             past_key_values = PrefixCache(self.get_prompt(batch, dtype), grow=grow)

@@ -139,9 +139,9 @@ def run_training(cfg: TrainConfig, *, quiet: bool = False, callbacks: list | Non
     _say(f"{cfg.method.name}: {format_parameter_counts(prepared.model)}", quiet)
     _say(f"device {precision.device}, compute {precision.compute}, frozen weights {precision.storage}", quiet)
     trainer = build_trainer(cfg, prepared, tokenizer, splits, precision, out)
-    log, stopper = _attach_callbacks(trainer, out, quiet)
     for callback in callbacks or []:
-        trainer.add_callback(callback)
+        trainer.add_callback(callback)  # before ours: a stop they request is seen at the same step
+    log, stopper = _attach_callbacks(trainer, out, quiet)
     if resume_from is not None:
         _say(f"resuming from {resume_from}", quiet)
     stopper.install()
