@@ -1,0 +1,79 @@
+"""Packing: a packed row gives each sample the logits and loss it has alone; collators pad/pack correctly."""
+
+from __future__ import annotations
+
+import torch
+
+from glmtune.data import DataConfig, PackedCollator, PackedDataset, PaddedCollator, make_collator, pack
+from glmtune.data.dataset import EncodedDataset
+
+
+def _samples():
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for n, cut in ((7, 3), (11, 5), (5, 2)):
+        ids = torch.randint(3, 60000, (n,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * cut + ids[cut:]})
+    return out
+
+
+def test_packed_row_equals_each_sample_alone(tiny_model):
+    model = tiny_model
+    assert model.config.use_cache  # the default that would silently disable packed masking
+    samples = _samples()
+    batch = PackedCollator()(samples)
+    assert "attention_mask" not in batch and batch["input_ids"].shape == (1, 23)
+    assert batch["position_ids"][0].tolist() == list(range(7)) + list(range(11)) + list(range(5))
+    with torch.no_grad():
+        packed = model(**batch)
+        start, total_loss, total_tokens = 0, 0.0, 0
+        for s in samples:
+            n = len(s["input_ids"])
+            alone = model(input_ids=torch.tensor([s["input_ids"]]), labels=torch.tensor([s["labels"]]))
+            assert torch.allclose(packed.logits[0, start:start + n], alone.logits[0], atol=1e-5, rtol=0)
+            learned = sum(t != -100 for t in s["labels"][1:])
+            total_loss += alone.loss.item() * learned
+            total_tokens += learned
+            start += n
+    assert abs(packed.loss.item() - total_loss / total_tokens) < 1e-5
+    # Without the restart of positions (one long sequence) the logits differ: the test has teeth.
+    with torch.no_grad():
+        flat = model(input_ids=batch["input_ids"], use_cache=False)
+    assert not torch.allclose(flat.logits[0, 7:18], packed.logits[0, 7:18], atol=1e-3)
+
+
+def test_packed_dataset_rows_through_collator(tiny_model):
+    ds = EncodedDataset.from_samples((s["input_ids"], s["labels"]) for s in _samples())
+    rows = PackedDataset(ds, max_length=16)
+    assert sorted(i for r in rows.rows for i in r) == [0, 1, 2]
+    assert all(len(rows[i]["input_ids"]) <= 16 for i in range(len(rows)))
+    batch = PackedCollator()([rows[i] for i in range(len(rows))])
+    assert batch["input_ids"].shape[1] == 23
+    with torch.no_grad():
+        out = tiny_model(**batch)
+    assert torch.isfinite(out.loss)
+
+
+def test_pack_best_fit():
+    rows = pack([5, 9, 3, 7, 1, 20], 10)
+    assert sorted(i for r in rows for i in r) == list(range(6))
+    lengths = [5, 9, 3, 7, 1, 20]
+    assert all(sum(lengths[i] for i in r) <= 10 for r in rows if r != [5])
+    assert len(rows) == 4  # [9,1] [7,3] [5] [20]
+
+
+def test_padded_collator_right_pads_and_masks_labels(tiny_model):
+    samples = _samples()
+    batch = PaddedCollator()(samples)
+    assert batch["input_ids"].shape == (3, 11)
+    assert batch["labels"][0, 7:].eq(-100).all() and batch["input_ids"][0, 7:].eq(0).all()
+    assert batch["attention_mask"].sum(1).tolist() == [7, 11, 5]
+    with torch.no_grad():
+        out = tiny_model(**batch)
+        alone = tiny_model(input_ids=torch.tensor([samples[0]["input_ids"]]))
+    assert torch.allclose(out.logits[0, :7], alone.logits[0], atol=1e-5)
+
+
+def test_make_collator_follows_config():
+    assert isinstance(make_collator(DataConfig()), PaddedCollator)
+    assert isinstance(make_collator(DataConfig(packing=True, max_seq_length=64)), PackedCollator)
