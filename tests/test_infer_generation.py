@@ -92,3 +92,24 @@ def test_top_k_one_is_greedy():
 def test_empty_prompt_is_refused(tiny_model, tokenizer):
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         generate_batch(tiny_model, tokenizer, [[1, 2], []], max_new_tokens=1)
+
+
+def test_official_lora_adapter_reproduces_reference(tokenizer):
+    need_fixtures()
+    ref = load_file(str(TINY / "reference_lora.safetensors"))
+    prompt = load_file(str(TINY / "reference.safetensors"))["single_input_ids"][0].tolist()
+    model = load_model(TINY, dtype="fp32", adapter=TINY / "lora-official")
+    assert list(generate_stream(model, prompt, max_new_tokens=16)) == ref["lora_greedy_ids"].tolist()
+    batch = generate_batch(model, tokenizer, [prompt, prompt[:5]], max_new_tokens=16, stop_ids=())
+    assert batch[0] == ref["lora_greedy_ids"].tolist()
+
+
+def test_ptuning_prefix_reproduces_reference(tokenizer, reference):
+    prompt = reference["single_input_ids"][0].tolist()
+    model = load_model(TINY, dtype="fp32", prefix=TINY / "ptuning")
+    expected = reference["ptuning_greedy_ids"].tolist()
+    assert list(generate_stream(model, prompt, max_new_tokens=16)) == expected
+    # Left padding with a prefix: the row must not see the pads, only the prefix and its own tokens.
+    other = reference["input_ids"][0].tolist()
+    batch = generate_batch(model, tokenizer, [other, prompt], max_new_tokens=16, stop_ids=())
+    assert batch[1] == expected

@@ -10,7 +10,10 @@ tokens as they come::
 
 ``attention_mask`` covers every token seen so far (1 real, 0 pad);
 ``position_ids`` number each row's real tokens 0..n-1 and then +1 per step,
-the official ChatGLM3 left-padding scheme (pads sit at position 0).
+the official ChatGLM3 left-padding scheme (pads sit at position 0). The first
+call passes ``past_key_values=None`` and the model creates its cache
+(transformers' ``DynamicCache``, or the P-Tuning wrapper's prefix cache);
+later calls pass back what it returned.
 """
 
 from __future__ import annotations
@@ -18,11 +21,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
-
 from .sampling import SamplingConfig, make_generator, next_tokens
 
 
@@ -75,7 +76,7 @@ class _State:
     position_ids: torch.Tensor
     seen: torch.Tensor
     finished: torch.Tensor
-    cache: DynamicCache = field(default_factory=DynamicCache)
+    cache: object = None
 
 
 def decode_steps(model, batch: dict[str, torch.Tensor], config: SamplingConfig, *, stop_ids: Iterable[int] = (),
@@ -90,9 +91,10 @@ def decode_steps(model, batch: dict[str, torch.Tensor], config: SamplingConfig, 
     """
     device = model_device(model)
     ids = batch["input_ids"].to(device)
+    # The first call gets no cache: the model makes its own (a DynamicCache, or
+    # the P-Tuning wrapper's PrefixCache holding the prefix) and returns it.
     state = _State(batch["attention_mask"].to(device), batch["position_ids"].to(device), ids,
-                   torch.zeros(ids.shape[0], dtype=torch.bool, device=device),
-                   DynamicCache(config=getattr(model, "config", None)))
+                   torch.zeros(ids.shape[0], dtype=torch.bool, device=device))
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     if generator is None:
         generator = make_generator(config.seed, device)
