@@ -80,6 +80,23 @@ def check_out_dir(out_dir: Path, *, force: bool, protected: list[Path]) -> None:
                           "overwrite (files glmtune does not write are left in place)")
 
 
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of ``"2GB"``, ``"500MB"``, ``"1GiB"`` or a plain number (as transformers' max_shard_size)."""
+    raw = str(text).strip().upper().replace(" ", "")
+    for unit in sorted(_SIZE_UNITS, key=len, reverse=True):
+        if raw.endswith(unit) and raw[: -len(unit)]:
+            try:
+                return int(float(raw[: -len(unit)]) * _SIZE_UNITS[unit])
+            except ValueError:
+                break
+    if raw.isdigit():
+        return int(raw)
+    raise ExportError(f"shard size {text!r} not understood; use e.g. 2GB, 500MB or 1GiB")
+
+
 def find_tokenizer_folder(candidates: list[Path | None]) -> Path:
     for folder in candidates:
         if folder is not None and (Path(folder) / "tokenizer.model").is_file():
@@ -149,7 +166,7 @@ def _restore_official_configs(source: Path, out_dir: Path) -> list[str]:
 def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, adapter: str | os.PathLike | None = None,
                  prefix: str | os.PathLike | None = None, layout: str = "native", dtype=None, force: bool = False,
                  tokenizer_path: str | os.PathLike | None = None, base_path_override: str | None = None,
-                 device: str = "cpu") -> ExportResult:
+                 device: str = "cpu", max_shard_bytes: int = 2 * 1024**3) -> ExportResult:
     """Merge ``adapter`` (LoRA/DoRA, optional) into ``model_path`` and write a standalone folder.
 
     Without an adapter this re-exports the model, e.g. to convert an official
@@ -174,7 +191,7 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, a
     tokenizer = load_tokenizer(tok_dir)
 
     model = load_merged(model_path, adapter, device=device, base_path_override=base_path_override)
-    save_model(model, out_dir, layout=layout, dtype=target)
+    save_model(model, out_dir, layout=layout, dtype=target, max_shard_bytes=max_shard_bytes)
     tokenizer.save_pretrained(out_dir)
     write_generation_config(out_dir, tokenizer)
     copy_release_files(model_path if model_path.is_dir() else None, out_dir, layout)

@@ -23,16 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-path", dest="base_path",
                    help="base model path to use instead of the one recorded in adapter_config.json")
     p.add_argument("--device", default="cpu", help="where to merge (cpu, cuda); the merge runs in float32")
+    p.add_argument("--max-shard-size", dest="max_shard_size", default="2GB",
+                   help="largest safetensors shard (default 2GB, like the official ChatGLM3 files)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_model
+    from ..export import export_model, parse_size
 
     result = export_model(args.model, args.out, adapter=args.adapter, prefix=args.prefix, layout=args.layout,
                           dtype=args.dtype, force=args.force, tokenizer_path=args.tokenizer,
-                          base_path_override=args.base_path, device=args.device)
+                          base_path_override=args.base_path, device=args.device,
+                          max_shard_bytes=parse_size(args.max_shard_size))
     what = f"{args.model} + {args.adapter} (merged)" if args.adapter else str(args.model)
     dtype = str(result.dtype).replace("torch.", "")
     print(f"exported {what} -> {result.out_dir} ({result.layout} layout, {dtype}, "
