@@ -183,3 +183,39 @@ def test_nonfinite_loss_stops_with_step_and_cause(workdir, tmp_path):
                                               "method.lora.r": 8})
     with pytest.raises(TrainingError, match=r"at step \d+.*likely cause"):
         run_training(cfg, quiet=True)
+
+
+@pytest.mark.parametrize("peft", ["  peft_type: LORA\n  task_type: CAUSAL_LM\n  r: 4\n  lora_alpha: 16\n"
+                                  "  lora_dropout: 0.1\n",
+                                  "  peft_type: PREFIX_TUNING\n  task_type: CAUSAL_LM\n  num_virtual_tokens: 4\n"],
+                         ids=["LORA", "PREFIX_TUNING"])
+def test_official_yaml_runs_unchanged_on_the_fixture_model(tmp_path, peft, monkeypatch):
+    from conftest import TINY, need_fixtures
+
+    from glmtune.cli import main
+
+    need_fixtures()
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _records(8))
+    (data / "train.json").write_text(rows)
+    (data / "dev.json").write_text(rows)
+    (tmp_path / "cfg.yaml").write_text(
+        "data_config:\n  train_file: train.json\n  val_file: dev.json\n  test_file: dev.json\n  num_proc: 1\n"
+        "max_input_length: 16\nmax_output_length: 16\ntraining_args:\n  output_dir: ./output\n  max_steps: 2\n"
+        "  learning_rate: 3e-4\n  per_device_train_batch_size: 4\n  dataloader_num_workers: 0\n"
+        "  remove_unused_columns: false\n  save_strategy: steps\n  save_steps: 2\n  log_level: info\n"
+        "  logging_strategy: steps\n  logging_steps: 1\n  per_device_eval_batch_size: 4\n"
+        "  evaluation_strategy: steps\n  eval_steps: 2\n  predict_with_generate: true\n"
+        "  generation_config:\n    max_new_tokens: 4\n  use_cpu: true\npeft_config:\n" + peft)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", str(data), str(TINY), "cfg.yaml", "--quiet"]) == 0
+    out = tmp_path / "output"
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file() and (out / "final").is_dir()
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    assert metrics["samples"] == 8 and set(metrics) >= {"rouge-1", "rouge-2", "rouge-l", "bleu-4"}
+    assert len((out / "test" / "predictions.jsonl").read_text().splitlines()) == 8
+    log = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in r for r in log) and any("eval_rouge-1" in r for r in log)
+    # The same command with "yes" resumes (nothing left to do) instead of refusing the existing run.
+    assert main(["train", str(data), str(TINY), "cfg.yaml", "yes", "--quiet"]) == 0

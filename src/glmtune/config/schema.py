@@ -119,7 +119,7 @@ class TrainingConfig:
     """Write a checkpoint every N steps (0 = only the final result)."""
     save_total_limit: int | None = 3
     """Keep only the newest K checkpoints (null keeps all)."""
-    resume: str | None = None
+    resume: bool | int | str | None = None
     """Resume: ``auto``/``yes``/``latest`` (newest checkpoint), a step number, or a checkpoint folder."""
     dataloader_num_workers: int = 0
     """Worker processes that build batches (0 = in the training process)."""
@@ -147,6 +147,8 @@ class TrainingConfig:
             raise ConfigError("set training.max_steps > 0 or training.num_epochs > 0; neither would train anything")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError("training.save_total_limit must be >= 1, or null to keep every checkpoint")
+        if isinstance(self.resume, bool):  # YAML reads a bare yes/no as a boolean
+            self.resume = "yes" if self.resume else None
         if self.resume is not None:
             self.resume = str(self.resume)
             if self.resume.lower() in ("", "no", "false", "none"):
