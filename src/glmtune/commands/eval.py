@@ -1,0 +1,79 @@
+"""``glmtune eval``: generation on a dataset, ROUGE-1/2/L and BLEU-4, predictions saved as JSONL."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .chat import add_model_arguments
+
+    p = sub.add_parser("eval", help="generate on a dataset and score ROUGE-1/2/L and BLEU-4",
+                       description="Generate a reply for every assistant turn of a dataset (left-padded batches, "
+                                   "greedy by default) and score it as the training evaluation does. Writes "
+                                   "predictions.jsonl and metrics.json to --out.")
+    add_model_arguments(p)
+    p.add_argument("--data", required=True, help="dataset file (JSON, JSONL, CSV, Parquet ...)")
+    p.add_argument("--format", default="auto", help="record format (default: detected from the first record)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--max-samples", dest="max_samples", type=int, default=None, help="evaluate the first N samples")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=256)
+    p.add_argument("--max-input-length", dest="max_input_length", type=int, default=1024,
+                   help="prompt tokens kept (the last ones, after [gMASK] sop); default 1024")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), as the official evaluation")
+    p.add_argument("--top-p", dest="top_p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="folder for predictions.jsonl and metrics.json (default: print only)")
+    p.set_defaults(func=run)
+
+
+def load_dataset(path, fmt: str):
+    from pathlib import Path
+
+    from ..cli import UserError
+    from ..data.cli_support import load_conversations
+    from ..data.config import DataConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: dataset file not found")
+    conversations, problems = load_conversations(path, DataConfig(format=fmt))
+    if problems:
+        first = problems[0]
+        raise UserError(f"{len(problems)} invalid record(s) in {path}; first: {first}. "
+                        "Run `glmtune data check` on the file for the full list")
+    if not conversations:
+        raise UserError(f"{path}: no records to evaluate")
+    return conversations
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from ..cli import UserError
+    from ..infer.evaluate import EvalSettings, build_samples, evaluate, settings_dict, write_results
+    from ..infer.loading import load_for_inference
+
+    try:
+        settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                max_input_length=args.max_input_length, max_samples=args.max_samples,
+                                temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    conversations = load_dataset(args.data, args.format)
+    model, tok = load_for_inference(args.model, adapter=args.adapter, prefix=args.prefix, tokenizer=args.tokenizer,
+                                    dtype=args.dtype, device=args.device)
+    total = len(build_samples(conversations, tok, settings))
+    with tqdm(total=total, desc="eval", unit="sample", file=sys.stderr) as bar:
+        result = evaluate(model, tok, conversations, settings, progress=bar.update)
+    print(json.dumps(result.metrics, ensure_ascii=False))
+    if args.out:
+        info = {"model": args.model, "adapter": args.adapter, "prefix": args.prefix, "data": args.data,
+                "settings": settings_dict(settings)}
+        pred_path, metrics_path = write_results(result, Path(args.out), info)
+        print(f"wrote {pred_path} ({result.num_samples} samples) and {metrics_path}", file=sys.stderr)
+    return 0
