@@ -1,0 +1,216 @@
+"""A minimal OpenAI-compatible server: ``POST /v1/chat/completions`` (plain and SSE) and ``GET /v1/models``.
+
+Standard library only (``http.server``, one thread per connection). One model
+generates one reply at a time: requests queue on a lock rather than
+contending for the same weights. Tool definitions in ``tools`` become the
+ChatGLM3 tools system prompt, and a tool-call reply comes back as OpenAI
+``tool_calls`` with ``finish_reason: "tool_calls"``; ``role: "tool"``
+messages go back to the model as ``<|observation|>`` turns.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ..data.chat_format import rendered_messages
+from ..data.errors import DataError
+from ..data.formats import FORMATS, _Ctx
+from .chat import ChatError, ChatSession, Reply
+from .sampling import SamplingConfig
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class RequestError(ValueError):
+    """A request the server cannot serve; answered 400 with an OpenAI-style error object."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class ServerState:
+    model: object
+    tokenizer: object
+    name: str
+    defaults: SamplingConfig
+    lock: threading.Lock
+
+
+def _number(body: dict, key: str, kind, default):
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise RequestError(f"'{key}' must be a number, got {json.dumps(value)}", key)
+    return kind(value)
+
+
+def sampling_from_request(body: dict, defaults: SamplingConfig) -> SamplingConfig:
+    if _number(body, "n", int, 1) != 1:
+        raise RequestError("only n=1 is supported", "n")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    try:
+        return SamplingConfig(
+            max_new_tokens=defaults.max_new_tokens if max_tokens is None else _number({"m": max_tokens}, "m", int, 0),
+            temperature=_number(body, "temperature", float, defaults.temperature),
+            top_p=_number(body, "top_p", float, defaults.top_p),
+            top_k=defaults.top_k,
+            repetition_penalty=defaults.repetition_penalty,
+            seed=_number(body, "seed", int, defaults.seed))
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def conversation_from_request(body: dict):
+    """OpenAI ``messages`` (+ ``tools``) -> ChatGLM3 messages, via the data layer's OpenAI format."""
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise RequestError("'messages' must be a non-empty list", "messages")
+    record = {"messages": body["messages"]}
+    if body.get("tools"):
+        record["tools"] = body["tools"]
+    try:
+        conv = FORMATS["openai"](record, _Ctx("request", None, "openai"))
+    except DataError as exc:
+        raise RequestError(str(exc), "messages") from None
+    messages = rendered_messages(conv)
+    if messages[-1].role == "assistant":
+        raise RequestError("the last message must be from the user or a tool, not the assistant", "messages")
+    return messages
+
+
+def tool_calls_json(reply: Reply) -> list[dict]:
+    call = reply.tool_call
+    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.parameters, ensure_ascii=False)}}]
+
+
+def completion_json(reply: Reply, name: str, cid: str, created: int) -> dict:
+    message = {"role": "assistant", "content": reply.content if reply.tool_call is None else None}
+    if reply.tool_call is not None:
+        message["tool_calls"] = tool_calls_json(reply)
+    completion = len(reply.token_ids)
+    return {"id": cid, "object": "chat.completion", "created": created, "model": name,
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+            "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": reply.prompt_tokens + completion}}
+
+
+def chunk_json(delta: dict, name: str, cid: str, created: int, finish_reason: str | None = None) -> dict:
+    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "glmtune"
+    protocol_version = "HTTP/1.1"
+    state: ServerState  # set on the subclass made by make_server
+
+    def log_message(self, fmt, *args):  # quiet by default; the CLI prints one line per request itself
+        pass
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _send_json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+        self._send_json(status, {"error": {"message": message, "type": kind, "param": param, "code": None}})
+
+    def _read_body(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            raise RequestError(f"request body too large ({length} bytes; limit {MAX_BODY_BYTES})")
+        try:
+            body = json.loads(self.rfile.read(length) or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(f"request body is not valid JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise RequestError("request body must be a JSON object")
+        return body
+
+    # -- routes --------------------------------------------------------------------------
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [
+                {"id": self.state.name, "object": "model", "created": 0, "owned_by": "glmtune"}]})
+        elif path in ("", "/health"):
+            self._send_json(200, {"status": "ok", "model": self.state.name})
+        else:
+            self._error(404, f"no route GET {self.path}; try /v1/models or POST /v1/chat/completions",
+                        "not_found_error")
+
+    def do_POST(self):  # noqa: N802
+        if self.path.split("?")[0].rstrip("/") != "/v1/chat/completions":
+            self._error(404, f"no route POST {self.path}; try /v1/chat/completions", "not_found_error")
+            return
+        try:
+            body = self._read_body()
+            messages = conversation_from_request(body)
+            sampling = sampling_from_request(body, self.state.defaults)
+        except RequestError as exc:
+            self._error(400, str(exc), param=exc.param)
+            return
+        session = ChatSession(self.state.model, self.state.tokenizer, sampling=sampling, history=messages)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        with self.state.lock:
+            try:
+                stream = session.stream()
+            except ChatError as exc:
+                self._error(400, str(exc), param="messages")
+                return
+            if body.get("stream"):
+                self._stream(stream, cid, created, bool((body.get("stream_options") or {}).get("include_usage")))
+            else:
+                self._send_json(200, completion_json(stream.text(), self.state.name, cid, created))
+
+    def _stream(self, stream, cid: str, created: int, include_usage: bool) -> None:
+        name = self.state.name
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self._event(chunk_json({"role": "assistant", "content": ""}, name, cid, created))
+            for delta in stream:
+                self._event(chunk_json({"content": delta}, name, cid, created))
+            reply = stream.reply
+            if reply.tool_call is not None:
+                calls = [{"index": 0, **c} for c in tool_calls_json(reply)]
+                self._event(chunk_json({"tool_calls": calls}, name, cid, created))
+            self._event(chunk_json({}, name, cid, created, reply.finish_reason))
+            if include_usage:
+                usage = completion_json(reply, name, cid, created)["usage"]
+                self._event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                             "choices": [], "usage": usage})
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away: stop generating (leaving the loop closes the token stream)
+
+    def _event(self, payload: dict) -> None:
+        self.wfile.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode("utf-8") + b"\n\n")
+        self.wfile.flush()
+
+
+def make_server(model, tokenizer, *, host: str = "127.0.0.1", port: int = 8000, name: str = "glmtune",
+                defaults: SamplingConfig | None = None) -> ThreadingHTTPServer:
+    """A ready-to-run server (``port=0`` picks a free port: see ``server.server_address``)."""
+    state = ServerState(model, tokenizer, name, defaults or SamplingConfig(), threading.Lock())
+    handler = type("GlmtuneHandler", (Handler,), {"state": state})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
