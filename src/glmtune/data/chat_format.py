@@ -25,8 +25,23 @@ _STOP_STRINGS = ("<|user|>", "<|observation|>")
 
 
 # -- rendering ------------------------------------------------------------
+_TOOLS_JSON: dict[str, str] = {}
+
+
 def tools_json(tools: Any) -> str:
-    return json.dumps(tools, indent=4, ensure_ascii=False)
+    """``json.dumps(tools, indent=4, ensure_ascii=False)``, memoised.
+
+    With ``indent`` the json module falls back to its pure-Python encoder,
+    and data sets repeat the same tool list in every record; the compact
+    dump (C encoder) is the memo key.
+    """
+    key = json.dumps(tools, ensure_ascii=False)
+    text = _TOOLS_JSON.get(key)
+    if text is None:
+        if len(_TOOLS_JSON) > 1024:
+            _TOOLS_JSON.clear()
+        text = _TOOLS_JSON[key] = json.dumps(tools, indent=4, ensure_ascii=False)
+    return text
 
 
 def tool_call_body(parameters: dict[str, Any]) -> str:
@@ -74,6 +89,7 @@ class _Encoder:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self._header: dict[tuple[str, str], list[int]] = {}
+        self._system: dict[str, list[int]] = {}
 
     def header(self, role: str, metadata: str) -> list[int]:
         key = (role, metadata)
@@ -86,6 +102,14 @@ class _Encoder:
     def message(self, message: Message) -> list[int]:
         """``build_single_message``: role token + encode(metadata + "\\n") + encode(content)."""
         metadata, content = render_message(message)
+        if message.role == "system" and len(content) > 200:
+            # Tool definitions repeat across a data set; their long prompt is encoded once.
+            ids = self._system.get(content)
+            if ids is None:
+                if len(self._system) > 256:
+                    self._system.clear()
+                ids = self._system[content] = self.tokenizer.encode(content)
+            return self.header(message.role, metadata) + ids
         return self.header(message.role, metadata) + self.tokenizer.encode(content)
 
 
@@ -113,13 +137,19 @@ def encode_chat(conversation: Conversation, tokenizer) -> tuple[list[int], list[
         return encode_base(user.content, assistant.content, tokenizer)
     enc = _encoder(tokenizer)
     input_ids = tokenizer.prefix_ids()
-    mask = [False] * len(input_ids)
+    labels = [IGNORE_INDEX] * len(input_ids)
+    prev_learned = False
+    # Built a message at a time (not token by token): the shifted mask means
+    # a message's first token is learned iff the previous message is, and the
+    # rest of its tokens iff it is itself learned.
     for message in rendered_messages(conversation):
         ids = enc.message(message)
         input_ids += ids
-        mask += [message.learned] * len(ids)
+        labels.append(ids[0] if prev_learned else IGNORE_INDEX)
+        prev_learned = message.learned
+        labels += ids[1:] if prev_learned else [IGNORE_INDEX] * (len(ids) - 1)
     input_ids.append(tokenizer.eos_token_id)
-    labels = [IGNORE_INDEX] + [t if m else IGNORE_INDEX for t, m in zip(input_ids[1:], mask)]
+    labels.append(tokenizer.eos_token_id if prev_learned else IGNORE_INDEX)
     return input_ids, labels
 
 

@@ -46,6 +46,6 @@ def encode_sample(conv: Conversation, tokenizer, cfg: DataConfig) -> Sample:
     sample = Sample(ids, labels, full, truncated)
     if truncated and cfg.truncation == "drop":
         sample.dropped = "too_long"
-    elif all(t == IGNORE_INDEX for t in labels):
+    elif labels.count(IGNORE_INDEX) == len(labels):
         sample.dropped = "no_labels_after_truncation"
     return sample

@@ -14,7 +14,7 @@ from .convert import convert_record, resolve_format
 from .dataset import EncodedDataset
 from .encode import encode_sample
 from .errors import DataError, Problem, RecordError
-from .readers import read_records
+from .readers import RawJSON, parse_raw, raw_json_lines, read_records
 from .registry import Source
 from .report import SplitReport
 
@@ -32,14 +32,21 @@ class Processed:
     full_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-def read_source(source: Source, seed: int = 0) -> tuple[list[tuple[int, object]], list[Problem], int]:
-    """Records of a source (sampled by its ratio), the reading problems, and the number of records read."""
+def read_source(source: Source, seed: int = 0, raw: bool = False) -> tuple[list[tuple[int, object]], list[Problem], int]:
+    """Records of a source (sampled by its ratio), the reading problems, and the number of records read.
+
+    With ``raw=True`` JSON-lines records may come back unparsed (:class:`RawJSON`) for the workers to parse.
+    """
     records, problems = [], []
-    for item in read_records(source.path):
-        if isinstance(item, Problem):
-            problems.append(item)
-        else:
-            records.append(item)
+    lines = raw_json_lines(source.path) if raw else None
+    if lines is not None:
+        records = lines
+    else:
+        for item in read_records(source.path):
+            if isinstance(item, Problem):
+                problems.append(item)
+            else:
+                records.append(item)
     read = len(records) + len(problems)
     if source.ratio != 1.0 and records:
         rng = random.Random(f"{seed}:{source.name}:{source.path}")
@@ -53,6 +60,11 @@ def _process_chunk(records, fmt: str, file: str, columns: dict, cfg: DataConfig,
     report, problems, samples, full = SplitReport(), [], [], []
     dropped: dict[str, int] = {}
     for line, record in records:
+        if isinstance(record, RawJSON):
+            record = parse_raw(file, line, record)
+            if isinstance(record, Problem):
+                problems.append(record)
+                continue
         try:
             conv = convert_record(record, fmt, file, line, columns)
         except RecordError as exc:
@@ -70,7 +82,7 @@ def _process_chunk(records, fmt: str, file: str, columns: dict, cfg: DataConfig,
         report.turns += conv.num_turns
         report.tool_calls += conv.num_tool_calls
         report.tokens += len(sample.input_ids)
-        report.learned_tokens += sum(t != -100 for t in sample.labels)
+        report.learned_tokens += len(sample.labels) - sample.labels.count(-100)
     report.samples, report.dropped = len(samples), dropped
     return Processed(EncodedDataset.from_samples(samples), report, problems, np.asarray(full, dtype=np.int64))
 
@@ -100,15 +112,18 @@ def _run_parallel(records, fmt, file, columns, cfg, tokenizer, workers: int) -> 
 
 def process_source(source: Source, cfg: DataConfig, tokenizer) -> Processed:
     """Read, convert, validate and encode one source; problems are collected, not raised."""
-    records, problems, read = read_source(source, cfg.seed)
+    records, problems, read = read_source(source, cfg.seed, raw=_num_workers(cfg, PARALLEL_MIN_RECORDS) > 1)
     file = str(source.path)
     columns = {**cfg.columns, **source.columns}
     fmt_cfg = cfg.format if source.format == "auto" else source.format
     if not records:
         result = Processed(EncodedDataset.from_samples([]), SplitReport(), problems)
     else:
-        first = next(((ln, r) for ln, r in records if isinstance(r, dict)), records[0])
-        fmt = resolve_format(fmt_cfg, first[1], file, first[0], columns)
+        first = _first_record(records, file)
+        if isinstance(first[1], dict) or fmt_cfg != "auto":
+            fmt = resolve_format(fmt_cfg, first[1], file, first[0], columns)
+        else:
+            fmt = "chatglm3"  # nothing readable to detect from: every record is reported as not an object
         workers = _num_workers(cfg, len(records))
         if workers > 1 and len(records) >= 2 * workers and "fork" in mp.get_all_start_methods():
             parts = _run_parallel(records, fmt, file, columns, cfg, tokenizer, workers)
@@ -122,6 +137,17 @@ def process_source(source: Source, cfg: DataConfig, tokenizer) -> Processed:
     result.report.examples = [str(p) for p in result.problems[:10]] + result.report.examples
     result.report.examples = result.report.examples[:10]
     return result
+
+
+def _first_record(records: list, file: str) -> tuple[int, object]:
+    """The first record that is an object (parsed), for format detection."""
+    for line, record in records[:1000]:
+        if isinstance(record, RawJSON):
+            record = parse_raw(file, line, record)
+        if isinstance(record, dict):
+            return line, record
+    line, record = records[0]
+    return line, parse_raw(file, line, record) if isinstance(record, RawJSON) else record
 
 
 def _count_kinds(problems: list[Problem]) -> dict[str, int]:

@@ -19,6 +19,39 @@ Item = tuple[int, Any] | Problem  # (1-based line or row, record) or a problem
 _DECODER = json.JSONDecoder()
 
 
+class RawJSON(str):
+    """An unparsed JSON-lines record: parsed by the encoding worker, so big files parse in parallel."""
+
+
+def parse_raw(path: str, line: int, raw: "RawJSON") -> Any:
+    """The record of a :class:`RawJSON` line, or a :class:`Problem` if it is not valid JSON."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return _json_problem(Path(path), line, exc)
+
+
+def raw_json_lines(path: Path) -> list[tuple[int, RawJSON]] | None:
+    """Unparsed non-empty lines of a JSON-lines file (``.jsonl``, or ``.json`` holding lines); None otherwise."""
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json") or not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        return None  # read_records reports it with its line
+    lines = text.splitlines()
+    if suffix == ".json":
+        first = text.lstrip()[:1]
+        if first != "{" or sum(1 for ln in lines[:50] if ln.strip()) < 2:
+            return None
+        try:
+            json.loads(next(ln for ln in lines if ln.strip()))
+        except json.JSONDecodeError:
+            return None  # a pretty-printed object, not JSON lines
+    return [(n, RawJSON(raw)) for n, raw in enumerate(lines, 1) if raw.strip()]
+
+
 def _json_problem(path: Path, line: int, exc: json.JSONDecodeError) -> Problem:
     return Problem(str(path), line, f"invalid JSON: {exc.msg} at column {exc.colno}",
                    "one JSON object per record", "fix the quoting/brackets on this line", "invalid_json")
