@@ -31,6 +31,9 @@ def test_official_layout_data_dir_and_split_files(tmp_path, tokenizer):
     conv = Conversation([Message("user", "e"), Message("assistant", "f")])
     assert splits.validation[0] == dict(zip(("input_ids", "labels"), encode_chat(conv, tokenizer)))
     assert splits.eval_prompts("validation") == [(build_prompt([Message("user", "e")], tokenizer), "f")]
+    # Passing data_dir itself as base_dir (absolute or relative) must not join it twice.
+    cfg_abs = DataConfig(data_dir=str(d), train_file="train.json", cache=False)
+    assert len(prepare_splits(cfg_abs, tokenizer, base_dir=str(d)).train) == 2
 
 
 def test_registry_mixes_datasets_with_ratios(tmp_path, tokenizer):

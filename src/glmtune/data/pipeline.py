@@ -27,7 +27,10 @@ def _resolve(path: str, base: Path) -> Path:
 def split_sources(cfg: DataConfig, base_dir: str | Path | None = None) -> dict[str, list[Source]]:
     """Files of each split, resolved against ``data_dir`` (itself relative to ``base_dir``)."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    root = _resolve(cfg.data_dir, base) if cfg.data_dir else base
+    root = base
+    if cfg.data_dir and Path(cfg.data_dir).expanduser().resolve() != base.expanduser().resolve():
+        # (a caller may pass data_dir itself as base_dir; it must not be joined twice)
+        root = _resolve(cfg.data_dir, base)
     train = [Source(_resolve(f, root)) for f in ([cfg.train_file] if cfg.train_file else []) + cfg.train_files]
     if cfg.datasets:
         train += registry_sources(cfg.registry_file, cfg.datasets, root)
