@@ -41,7 +41,7 @@ class SplitReport:
 
     def add_lengths(self, full_lengths: list[int] | np.ndarray) -> None:
         if len(full_lengths):
-            values = np.percentile(np.asarray(full_lengths), PERCENTILES, method="lower")
+            values = np.rint(np.percentile(np.asarray(full_lengths), PERCENTILES))
             self.length_percentiles = {("max" if p == 100 else f"p{p}"): int(v) for p, v in zip(PERCENTILES, values)}
 
     def merge(self, other: "SplitReport") -> None:
