@@ -105,3 +105,29 @@ def test_missing_adapter_is_one_clear_error(bot, monkeypatch, capsys, tmp_path):
     code, out, err = run_chat(monkeypatch, capsys, ["hi"], "--adapter", str(tmp_path / "nowhere"))
     assert code == 2 and out == []
     assert err.startswith("glmtune: error: ") and "nowhere" in err and "Traceback" not in err
+
+
+def test_interactive_terminal_session(bot, monkeypatch, capsys):
+    """The TTY path: streamed replies, a tool call asking for the observation, clear, exit."""
+    import builtins
+
+    from glmtune.infer.chat import ChatSession
+    from glmtune.infer.chat_repl import run_interactive
+    from glmtune.infer.sampling import SamplingConfig
+
+    _, model, tok = bot
+    # `exit` also quits where an observation is asked for.
+    lines = iter(["weather in Paris?", OBSERVATION, "clear", "weather in Paris?", "exit", "never read"])
+    asked = []
+
+    def fake_input(prompt=""):
+        asked.append(prompt)
+        return next(lines)
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    session = ChatSession(model, tok, tools=TOOLS, sampling=SamplingConfig(temperature=0, max_new_tokens=48))
+    assert run_interactive(session) == 0
+    out = capsys.readouterr().out
+    assert out.count('[tool call] get_weather({"city": "Paris"})') == 2 and "ChatGLM: \n" not in out
+    assert f"ChatGLM: {WEATHER}\n" in out and "(conversation cleared)" in out
+    assert asked[1].startswith("Observation") and asked[4].startswith("Observation") and len(asked) == 5

@@ -12,7 +12,7 @@ each event is printed on its own stdout line:
   tool_call: {...}      a parsed tool call {"name", "parameters"}; the next
                         input line is the tool's result (an observation turn)
   cleared               after an input line `clear`
-An input line `stop` or `exit` quits.
+An input line `stop` or `exit` quits (also in place of an observation).
 """
 
 

@@ -5,7 +5,7 @@ Piped mode (standard input is not a terminal) — the exact format:
 Input, one line per turn (blank lines are ignored):
   * any text: a user turn;
   * ``clear``: forget the conversation (answered with ``cleared``);
-  * ``stop`` or ``exit``: quit;
+  * ``stop`` or ``exit``: quit (also in place of an observation);
   * the line after a ``tool_call:`` output is the tool's result (an observation turn).
 
 Output on stdout, one event per line (banners and progress go to stderr):
@@ -44,7 +44,7 @@ def run_piped(session: ChatSession, stdin: TextIO, stdout: TextIO, *, single_tur
         text = line.rstrip("\r\n")
         if not text.strip():
             continue
-        if role == "user" and text.strip() in QUIT_WORDS:
+        if text.strip() in QUIT_WORDS:
             break
         if role == "user" and text.strip() == CLEAR_WORD:
             session.clear()
@@ -79,14 +79,19 @@ def _ask(prompt: str) -> str | None:
 def _stream_reply(session: ChatSession, text: str, role: str) -> Reply | None:
     """Print the reply as it comes; None when interrupted (the unanswered turn is dropped)."""
     stream = session.send(text, role)
-    print("\nChatGLM: ", end="", flush=True)
+    started = False  # the label waits for text: a tool call shows no empty "ChatGLM:" line
     try:
         for delta in stream:
+            if not started:
+                print("\nChatGLM: ", end="", flush=True)
+                started = True
             print(delta, end="", flush=True)
     except KeyboardInterrupt:
         session.history.pop()
         print(" [interrupted]", flush=True)
         return None
+    if not started and stream.reply.tool_call is None:
+        print("\nChatGLM: ", end="")
     print(flush=True)
     return stream.reply
 
@@ -101,7 +106,7 @@ def run_interactive(session: ChatSession, *, single_turn: bool = False, show_pro
             return 0
         if not text.strip():
             continue
-        if role == "user" and text.strip() in QUIT_WORDS:
+        if text.strip() in QUIT_WORDS:
             return 0
         if role == "user" and text.strip() == CLEAR_WORD:
             session.clear()
