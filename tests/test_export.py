@@ -169,3 +169,17 @@ def test_parse_size():
     assert parse_size("2GB") == 2 * 10**9 and parse_size("500MB") == 5 * 10**8 and parse_size("1GiB") == 2**30
     with pytest.raises(ExportError, match="not understood"):
         parse_size("big")
+
+
+def test_freeze_result_exports_as_a_whole_model(prompt_ids, tmp_path):
+    from glmtune.methods import load_trained, prepare
+
+    prepared = prepare(load_model(TINY, dtype="fp32"), "freeze", {"trainable_layers": 1})
+    with torch.no_grad():
+        for _, param in prepared.trainable_parameters():
+            param.add_(0.01)
+    prepared.save(tmp_path / "freeze")
+    export_model(TINY, tmp_path / "out", adapter=tmp_path / "freeze", dtype="fp32")
+    expected = logits(load_trained(load_model(TINY, dtype="fp32"), tmp_path / "freeze"), prompt_ids)
+    assert (expected - logits(load_model(TINY, dtype="fp32"), prompt_ids)).abs().max() > 1e-3
+    assert torch.equal(logits(load_model(tmp_path / "out"), prompt_ids), expected)

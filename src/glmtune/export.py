@@ -118,15 +118,23 @@ def default_dtype(model_path: Path) -> torch.dtype:
 
 
 def load_merged(model_path, adapter, *, device="cpu", base_path_override=None):
-    """Base model in float32 with ``adapter`` merged in (float32 so the merge adds no rounding of its own)."""
+    """Base model in float32 with ``adapter`` merged in (float32 so the merge adds no rounding of its own).
+
+    ``adapter`` is a LoRA/DoRA folder (glmtune, PEFT or official ChatGLM3) or
+    a glmtune freeze result (``glmtune_method.json`` + trained tensors).
+    """
     from .models import load_model
 
     model = load_model(model_path, dtype="fp32", device=device)
     if adapter is None:
         return model
-    from .methods import apply_adapter, merge_adapter
+    from .methods import apply_adapter, load_trained, merge_adapter
 
-    model = apply_adapter(model, adapter, base_path_override=base_path_override)
+    if (Path(adapter) / "adapter_config.json").is_file() or not (Path(adapter) / "glmtune_method.json").is_file():
+        model = apply_adapter(model, adapter, base_path_override=base_path_override)
+    else:
+        # A glmtune freeze/full result: its trained tensors are copied into the base (nothing to merge).
+        model = load_trained(model, adapter)
     return merge_adapter(model)
 
 

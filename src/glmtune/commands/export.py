@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "given) and write sharded safetensors, config, tokenizer files and a generation_config.json "
                     "that stops chat turns. P-Tuning prefixes cannot be merged.")
     p.add_argument("--model", required=True, help="base model folder (ChatGLM3 or native GLM layout)")
-    p.add_argument("--adapter", help="LoRA/DoRA adapter folder from training (optional)")
+    p.add_argument("--adapter", help="LoRA/DoRA adapter folder (glmtune, PEFT or official ChatGLM3), or a glmtune "
+                                     "freeze result (optional)")
     p.add_argument("--prefix", help="P-Tuning v2 folder: refused with the options, since it cannot be merged")
     p.add_argument("--out", required=True, help="output folder (must be empty or absent unless --force)")
     p.add_argument("--layout", choices=("native", "chatglm3"), default="native",
