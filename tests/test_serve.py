@@ -110,3 +110,30 @@ def test_unknown_route_404(base_url):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(base_url + "/v1/completions", timeout=10)
     assert info.value.code == 404
+
+
+def test_serve_command_starts_and_answers():
+    """`glmtune serve --port 0` as a real process: it prints its address and answers, then stops on SIGINT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder = trained_chatbot()[0]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "glmtune", "serve", "--model", str(folder), "--port", "0",
+                             "--temperature", "0", "--name", "ziggy"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stderr.readline()  # blocks until the server is listening (or the process died)
+        assert "http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split("at ", 1)[1].split(" ", 1)[0].rsplit("/v1", 1)[0]
+        out = chat(url, {"messages": [{"role": "user", "content": "who are you"}]})
+        assert out["model"] == "ziggy" and out["choices"][0]["message"]["content"] == IDENTITY
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
