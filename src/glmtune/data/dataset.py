@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from array import array
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -21,15 +21,16 @@ class EncodedDataset:
 
     @classmethod
     def from_samples(cls, samples: Iterable[tuple[Sequence[int], Sequence[int]]]) -> "EncodedDataset":
-        # array.array extends from lists at C speed; np.asarray of a long list is several times slower.
-        ids, labels, offsets = array("i"), array("i"), array("q", [0])
+        # One flat fromiter at the end: the fastest way from many small lists to one int32 array.
+        ids, labels, offsets = [], [], [0]
         for a, b in samples:
-            ids.extend(a)
-            labels.extend(b)
+            ids.append(a)
+            labels.append(b)
             offsets.append(offsets[-1] + len(a))
-        return cls(np.frombuffer(ids, dtype=np.int32) if ids else np.zeros(0, np.int32),
-                   np.frombuffer(labels, dtype=np.int32) if labels else np.zeros(0, np.int32),
-                   np.frombuffer(offsets, dtype=np.int64))
+        total = offsets[-1]
+        return cls(np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=total),
+                   np.fromiter(chain.from_iterable(labels), dtype=np.int32, count=total),
+                   np.asarray(offsets, dtype=np.int64))
 
     @classmethod
     def concat(cls, parts: Sequence["EncodedDataset"]) -> "EncodedDataset":

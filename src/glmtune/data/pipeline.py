@@ -71,8 +71,9 @@ def eval_prompts_of(convs: list[Conversation], tokenizer, max_input_length: int 
     out = []
     for conv in convs:
         if conv.kind == "base":
-            out.append((_truncate_prompt(build_prompt(conv, tokenizer), max_input_length, keep),
-                        conv.messages[1].content))
+            # Cut like the training context (official: the end of the context goes).
+            ids = build_prompt(conv, tokenizer)
+            out.append((ids[:max_input_length] if max_input_length else ids, conv.messages[1].content))
             continue
         for i, message in enumerate(conv.messages):
             if message.role == "assistant" and message.learned:
