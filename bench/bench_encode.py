@@ -49,12 +49,20 @@ def write_dataset(path: Path, n: int, seed: int = 0) -> None:
             f.write(json.dumps(synthetic_record(rng), ensure_ascii=False) + "\n")
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def timed(cfg, tok):
+    """(wall seconds, CPU seconds of this process and its workers, splits)."""
     from glmtune.data import prepare_splits
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     splits = prepare_splits(cfg, tok)
-    return time.perf_counter() - start, splits
+    return time.perf_counter() - start, _cpu_seconds() - cpu, splits
 
 
 def main() -> None:
@@ -80,17 +88,19 @@ def main() -> None:
               f"{os.cpu_count()} CPUs")
         cfg = DataConfig(train_file=str(data), cache_dir=str(Path(tmp) / "cache"), max_input_length=1024,
                          max_output_length=1024, num_workers=args.workers)
-        cold, splits = timed(cfg, tok)
+        cold, cpu, splits = timed(cfg, tok)
         tokens = splits.train.num_tokens
         rep = splits.report.splits["train"]
         print(f"cold  (read+validate+encode+cache): {cold:6.2f}s  {args.records / cold:9.0f} records/s  "
               f"{tokens / cold:10.0f} tokens/s  ({tokens} tokens, {rep.tool_calls} tool calls, "
               f"p50/p99 length {rep.length_percentiles['p50']}/{rep.length_percentiles['p99']})")
+        print(f"      CPU time {cpu:.1f}s (parent + workers): {cpu / 2:.1f}s of wall on 2 idle cores; "
+              f"load average now {os.getloadavg()[0]:.1f}")
         from glmtune.data import cache, make_collator, training_dataset
 
         cache._file_digest.cache_clear()  # a new run hashes the file again; measure that too
         start = time.perf_counter()
-        _, again = timed(cfg, tok)
+        _, _, again = timed(cfg, tok)
         batch = make_collator(cfg)([training_dataset(again.train, cfg)[i] for i in range(8)])
         warm = time.perf_counter() - start
         assert again.report.from_cache["train"] and len(again.train) == len(splits.train)
@@ -100,7 +110,7 @@ def main() -> None:
         if args.serial:
             cfg1 = DataConfig(train_file=str(data), cache=False, max_input_length=1024, max_output_length=1024,
                               num_workers=1)
-            serial, _ = timed(cfg1, tok)
+            serial, _, _ = timed(cfg1, tok)
             print(f"cold, 1 process (no cache write):    {serial:6.2f}s  {args.records / serial:9.0f} records/s  "
                   f"{tokens / serial:10.0f} tokens/s")
 

@@ -63,3 +63,13 @@ def test_preview_prints_token_id_label_table(tmp_path, capsys):
     assert "'<|assistant|>': 64796 -> -100" in [x.strip() for x in out]
     assert out[-1].strip().endswith(": 2 -> 2")  # eos learned after the answer
     assert sum(x.startswith("-->") for x in out) == 1
+
+
+def test_encode_for_generation_drops_trailing_answer(tmp_path, capsys):
+    need_fixtures()
+    from glmtune import load_tokenizer
+    from glmtune.data import build_prompt
+
+    conv = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    row = _encode(tmp_path, capsys, {"conversations": conv}, "--for-generation")
+    assert row == {"input_ids": build_prompt(conv[:1], load_tokenizer(TINY))}

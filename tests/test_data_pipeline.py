@@ -98,3 +98,24 @@ def test_config_checks():
     with pytest.raises(DataError, match="registry_file"):
         DataConfig(datasets=["a"])
     assert DataConfig(max_input_length=10, max_output_length=5).chat_length == 16
+
+
+def test_cache_key_covers_template_tokenizer_format_and_columns(tmp_path, tokenizer, monkeypatch):
+    from glmtune.data import cache
+    from glmtune.data.registry import Source
+    from glmtune.tokenizer import train_tokenizer
+
+    path = _write(tmp_path / "k.jsonl", [{"content": "a", "summary": "b"}])
+    src = [Source(path)]
+    base = DataConfig(columns={"content": "user", "summary": "assistant"})
+    key = cache.cache_key(src, base, tokenizer)
+    assert key == cache.cache_key([Source(path)], DataConfig(columns={"content": "user", "summary": "assistant"}),
+                                  tokenizer)
+    assert key != cache.cache_key(src, DataConfig(columns={"content": "user", "summary": "assistant"},
+                                                  format="columns"), tokenizer)
+    assert key != cache.cache_key(src, DataConfig(columns={"content": "system", "summary": "assistant"}), tokenizer)
+    assert key != cache.cache_key(src, DataConfig(columns=base.columns, skip_invalid=True), tokenizer)
+    other = train_tokenizer(["hello world 你好 世界"] * 50, tmp_path / "tok", vocab_size=300)
+    assert key != cache.cache_key(src, base, other)
+    monkeypatch.setattr(cache, "TEMPLATE_VERSION", "chatglm3-next")
+    assert key != cache.cache_key(src, base, tokenizer)
