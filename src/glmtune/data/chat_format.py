@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from .errors import DataError
 from .messages import Conversation, Message, ToolCall
@@ -241,18 +241,3 @@ def parse_reply(text: str) -> tuple[str, ToolCall | None]:
     if params is None:
         return body.strip(), None
     return body.strip(), ToolCall(metadata.strip(), params)
-
-
-def message_spans(conversation: Conversation, tokenizer) -> list[tuple[Message, int, int]]:
-    """(message, start, end) token spans of a chat conversation's rendered messages (prefix excluded)."""
-    enc = _encoder(tokenizer)
-    spans, pos = [], len(tokenizer.prefix_ids())
-    for message in rendered_messages(conversation):
-        n = len(enc.message(message))
-        spans.append((message, pos, pos + n))
-        pos += n
-    return spans
-
-
-def flatten_ids(chunks: Sequence[Sequence[int]]) -> list[int]:
-    return [i for chunk in chunks for i in chunk]

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import DataError, RecordError, record_error
+from .errors import DataError, record_error
 from .formats import FORMATS, _Ctx, _structured
 from .messages import Conversation
-
-_CHAT_COLUMNS = ("system", "user", "assistant", "context", "target")
-
 
 def apply_columns(record: dict, columns: dict[str, str]) -> dict:
     """Rename the record's keys by ``columns`` (source -> target); unmapped keys stay."""
@@ -97,7 +94,3 @@ def resolve_format(fmt: str, first_record: Any, file: str, line: int | None,
         return fmt
     record = apply_columns(first_record, columns or {}) if isinstance(first_record, dict) else first_record
     return detect_format(record, file, line)
-
-
-__all__ = ["apply_columns", "candidate_formats", "convert_record", "detect_format", "resolve_format",
-           "RecordError", "_CHAT_COLUMNS"]

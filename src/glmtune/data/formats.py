@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from .errors import DataError, record_error
+from .errors import record_error
 from .messages import Conversation, Message, ToolCall
 
 

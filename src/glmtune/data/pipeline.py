@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cache
-from .chat_format import IGNORE_INDEX, build_prompt, render_message
+from .chat_format import build_prompt, render_message
 from .config import DataConfig
 from .convert import convert_record, resolve_format
 from .dataset import EncodedDataset
@@ -148,4 +148,4 @@ def prepare_splits(cfg: DataConfig, tokenizer, *, base_dir: str | Path | None = 
     return Splits(datasets["train"], datasets["validation"], datasets["test"], report, cfg, tokenizer, sources)
 
 
-__all__ = ["IGNORE_INDEX", "Splits", "prepare_splits", "split_sources", "conversations", "eval_prompts_of"]
+__all__ = ["Splits", "prepare_splits", "split_sources", "conversations", "eval_prompts_of"]

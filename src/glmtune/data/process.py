@@ -13,7 +13,7 @@ from .config import DataConfig
 from .convert import convert_record, resolve_format
 from .dataset import EncodedDataset
 from .encode import encode_sample
-from .errors import DataError, Problem, RecordError
+from .errors import Problem, RecordError
 from .readers import RawJSON, parse_raw, raw_json_lines, read_records
 from .registry import Source
 from .report import SplitReport
@@ -173,13 +173,3 @@ def merge_processed(parts: list[Processed]) -> Processed:
     merged.report.skipped = _count_kinds(merged.problems)
     merged.report.add_lengths(merged.full_lengths)
     return merged
-
-
-def require_valid(problems: list[Problem], what: str) -> None:
-    if problems:
-        from .errors import DataProblems
-
-        DataProblems(list(problems)).raise_if_any(what)
-
-
-__all__ = ["Processed", "process_source", "merge_processed", "read_source", "require_valid", "DataError"]
