@@ -98,6 +98,12 @@ def _num_workers(cfg: DataConfig, n: int) -> int:
     return min(os.cpu_count() or 1, 8) if n >= PARALLEL_MIN_RECORDS else 1
 
 
+def _can_fork() -> bool:
+    # fork is what makes the workers cheap (records shared, nothing pickled in);
+    # a daemon process (e.g. a DataLoader worker) may not have children at all.
+    return "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
+
+
 def _run_parallel(records, fmt, file, columns, cfg, tokenizer, workers: int) -> list[Processed]:
     global _JOB
     step = -(-len(records) // (workers * 4))  # a few chunks per worker evens out uneven records
@@ -125,9 +131,10 @@ def process_source(source: Source, cfg: DataConfig, tokenizer) -> Processed:
         else:
             fmt = "chatglm3"  # nothing readable to detect from: every record is reported as not an object
         workers = _num_workers(cfg, len(records))
-        if workers > 1 and len(records) >= 2 * workers and "fork" in mp.get_all_start_methods():
+        parts = None
+        if workers > 1 and len(records) >= 2 * workers and _can_fork():
             parts = _run_parallel(records, fmt, file, columns, cfg, tokenizer, workers)
-        else:
+        if parts is None:
             parts = [_process_chunk(records, fmt, file, columns, cfg, tokenizer)]
         result = _merge(parts)
         result.problems = problems + result.problems
