@@ -68,6 +68,10 @@ class DataConfig:
     """Seed for registry sampling ratios."""
 
     def __post_init__(self) -> None:
+        # YAML writes an empty section as null; treat it as empty, not as a type error.
+        self.columns = self.columns if self.columns is not None else {}
+        self.train_files = self.train_files if self.train_files is not None else []
+        self.datasets = self.datasets if self.datasets is not None else []
         if self.format != "auto":
             from .formats import FORMATS
 
