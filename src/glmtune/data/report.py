@@ -55,6 +55,8 @@ class SplitReport:
     def format(self, name: str) -> str:
         lines = [f"{name}: {self.records} records -> {self.samples} samples, {self.turns} turns, "
                  f"{self.tool_calls} tool calls, {self.tokens} tokens ({self.learned_tokens} learned)"]
+        if self.formats:
+            lines.append("  format: " + ", ".join(f"{fmt} ({path})" for path, fmt in self.formats.items()))
         if self.length_percentiles:
             lines.append("  length (tokens, before truncation): "
                          + ", ".join(f"{k} {v}" for k, v in self.length_percentiles.items()))
