@@ -10,7 +10,8 @@ What the subclass changes, and why:
 * checkpoints are written to a temporary folder and renamed when complete;
 * a non-finite loss stops the run at the step it happens, with the likely cause;
 * evaluation adds generation metrics (ROUGE/BLEU) to the eval loss;
-* real (non-padding) tokens are counted for the tokens/s figure.
+* real (non-padding) tokens are counted for the tokens/s figure;
+* the training loss computes logits only where labels are (:mod:`.loss`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
 from .layout import STATE_FILE, TMP_PREFIX, commit_folder
+from .loss import answer_only_loss, find_lm_head
 
 TRAINABLE_FILE = "trainable_state.safetensors"
 # Keep an exact fp32 copy of trained parameters in checkpoints when they are small next to the model:
@@ -65,6 +67,7 @@ class GlmTrainer(Trainer):
         self.generation_eval = generation_eval
         self.real_tokens = 0
         super().__init__(*args, **kwargs)
+        self.lm_head = find_lm_head(self.model)
 
     # -- training --------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -77,6 +80,18 @@ class GlmTrainer(Trainer):
                 f"loss is {float(loss)} at step {step} (epoch {self.state.epoch or 0:.2f}); likely cause: "
                 f"{nonfinite_cause(self.args, lr)}. Nothing after the last checkpoint was saved."
             )
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Training loss with logits only at labelled positions (:mod:`.loss`); evaluation unchanged."""
+        if return_outputs or "labels" not in inputs or not model.training or self.label_smoother is not None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not self.model_accepts_loss_kwargs:
+            num_items_in_batch = None  # HF then divides by the accumulation steps itself
+        loss = answer_only_loss(model, self.lm_head, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch is summed over processes and DDP averages gradients: as HF does.
+            loss = loss * self.accelerator.num_processes
         return loss
 
     # -- saving and loading ------------------------------------------------------

@@ -1,0 +1,42 @@
+"""The answer-only training loss equals transformers' full-logits loss, for every model wrapper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import glmtune
+from glmtune.methods import prepare
+from glmtune.train.loss import answer_only_loss, find_lm_head
+
+
+def _batch():
+    torch.manual_seed(0)
+    ids = torch.randint(5, 60000, (3, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100          # prompt
+    labels[2, 9:] = -100          # padding of a shorter row
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "ptuning"])
+def test_answer_only_loss_equals_full_loss_and_gradients(method):
+    options = {"ptuning": {"num_virtual_tokens": 4}, "lora": {"dropout": 0.0}}.get(method)  # no dropout noise
+    model = prepare(glmtune.load_model("tiny", dtype="fp32"), method, options).model
+    model.train()
+    batch = _batch()
+    reference = model(**batch).loss
+    ref_grads = torch.autograd.grad(reference, [p for p in model.parameters() if p.requires_grad])
+    loss = answer_only_loss(model, find_lm_head(model), batch)
+    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    assert abs(loss.item() - reference.item()) <= 1e-5
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    # Normalising by a count across accumulated batches divides the summed loss by that count.
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    summed = answer_only_loss(model, find_lm_head(model), batch, num_items_in_batch=torch.tensor(2 * n))
+    assert abs(summed.item() * 2 - loss.item()) <= 1e-5
+    # The hook is gone afterwards: a plain forward gives full-length logits again.
+    assert model(input_ids=batch["input_ids"]).logits.shape[:2] == (3, 12)
