@@ -42,15 +42,27 @@ def test_packed_row_equals_each_sample_alone(tiny_model):
     assert not torch.allclose(flat.logits[0, 7:18], packed.logits[0, 7:18], atol=1e-3)
 
 
-def test_packed_dataset_rows_through_collator(tiny_model):
-    ds = EncodedDataset.from_samples((s["input_ids"], s["labels"]) for s in _samples())
+def test_packed_rows_are_stacked_and_each_sample_matches_alone(tiny_model):
+    samples = _samples()
+    ds = EncodedDataset.from_samples((s["input_ids"], s["labels"]) for s in samples)
     rows = PackedDataset(ds, max_length=16)
     assert sorted(i for r in rows.rows for i in r) == [0, 1, 2]
     assert all(len(rows[i]["input_ids"]) <= 16 for i in range(len(rows)))
     batch = PackedCollator()([rows[i] for i in range(len(rows))])
-    assert batch["input_ids"].shape[1] == 23
+    # One row per packed row (attention cost of a row, not of the whole batch), pad tail numbered apart.
+    width = max(len(rows[i]["input_ids"]) for i in range(len(rows)))
+    assert batch["input_ids"].shape == (len(rows), width) and "attention_mask" not in batch
     with torch.no_grad():
         out = tiny_model(**batch)
+        for r, members in enumerate(rows.rows):
+            start = 0
+            for j in members:
+                n = len(samples[j]["input_ids"])
+                alone = tiny_model(input_ids=torch.tensor([samples[j]["input_ids"]])).logits[0]
+                assert torch.allclose(out.logits[r, start:start + n], alone, atol=1e-5, rtol=0)
+                start += n
+            tail = batch["position_ids"][r, start:].tolist()
+            assert tail == list(range(width - start)) and batch["labels"][r, start:].eq(-100).all()
     assert torch.isfinite(out.loss)
 
 
@@ -77,3 +89,28 @@ def test_padded_collator_right_pads_and_masks_labels(tiny_model):
 def test_make_collator_follows_config():
     assert isinstance(make_collator(DataConfig()), PaddedCollator)
     assert isinstance(make_collator(DataConfig(packing=True, max_seq_length=64)), PackedCollator)
+
+
+def test_packing_end_to_end_from_config(tmp_path, tokenizer, tiny_model):
+    import json
+
+    from glmtune.data import prepare_splits, training_dataset
+
+    convs = [{"conversations": [{"role": "user", "content": f"question {i}"},
+                                {"role": "assistant", "content": "answer " * (i + 1)}]} for i in range(5)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in convs))
+    cfg = DataConfig(train_file=str(path), packing=True, max_seq_length=64, cache=False)
+    splits = prepare_splits(cfg, tokenizer)
+    rows = training_dataset(splits.train, cfg)
+    assert len(rows) < len(splits.train) and all(len(rows[i]["input_ids"]) <= 64 for i in range(len(rows)))
+    batch = make_collator(cfg)([rows[i] for i in range(len(rows))])
+    with torch.no_grad():
+        packed = tiny_model(**batch).loss.item()
+        total = count = 0
+        for s in splits.train:
+            learned = sum(t != -100 for t in s["labels"][1:])
+            total += tiny_model(input_ids=torch.tensor([s["input_ids"]]),
+                                labels=torch.tensor([s["labels"]])).loss.item() * learned
+            count += learned
+    assert abs(packed - total / count) < 1e-5
