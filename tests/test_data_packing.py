@@ -114,3 +114,20 @@ def test_packing_end_to_end_from_config(tmp_path, tokenizer, tiny_model):
                                 labels=torch.tensor([s["labels"]])).loss.item() * learned
             count += learned
     assert abs(packed - total / count) < 1e-5
+
+
+def test_packed_row_with_ptuning_prefix_equals_each_sample_alone(tiny_model):
+    """P-Tuning builds its own mask: packed rows must still not attend across samples."""
+    from glmtune.methods import prepare
+
+    model = prepare(tiny_model, "ptuning", {"num_virtual_tokens": 4}).model.eval()
+    samples = _samples()
+    batch = PackedCollator()(samples)
+    with torch.no_grad():
+        packed = model(**batch).logits[0]
+        start = 0
+        for s in samples:
+            n = len(s["input_ids"])
+            alone = model(input_ids=torch.tensor([s["input_ids"]])).logits[0]
+            assert torch.allclose(packed[start:start + n], alone, atol=1e-5, rtol=0)
+            start += n

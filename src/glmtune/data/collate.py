@@ -51,19 +51,39 @@ def _sample_parts(feature: dict) -> tuple[list[int], list[int], list[int]]:
 
 
 class PackedCollator:
-    """Concatenate a batch into ONE row, padding-free (like transformers' DataCollatorWithFlattening)."""
+    """Padding-free batches (like transformers' ``DataCollatorWithFlattening``).
+
+    Packed rows (features with ``position_ids``, from :class:`PackedDataset`)
+    are stacked as a batch: attention cost stays that of one row length, not
+    of the whole batch as one row. Rows shorter than the longest get a tail
+    of ``pad_id`` tokens numbered as a sample of their own (positions from
+    0, labels -100), so the tail attends only to itself. Plain samples are
+    concatenated into one row.
+    """
+
+    def __init__(self, pad_id: int = 0):
+        self.pad_id = pad_id
 
     def __call__(self, features: Sequence[dict]) -> dict:
-        ids, labels, pos = [], [], []
-        for f in features:
-            a, b, c = _sample_parts(f)
-            ids += a
-            labels += b
-            pos += c
-        return {"input_ids": torch.tensor([ids], dtype=torch.long),
-                "labels": torch.tensor([labels], dtype=torch.long),
-                "position_ids": torch.tensor([pos], dtype=torch.long),
-                "use_cache": False}
+        rows = [_sample_parts(f) for f in features] if all("position_ids" in f for f in features) else None
+        if rows is None:
+            ids, labels, pos = [], [], []
+            for f in features:
+                a, b, c = _sample_parts(f)
+                ids += a
+                labels += b
+                pos += c
+            rows = [(ids, labels, pos)]
+        width = max(len(r[0]) for r in rows)
+        batch = {"input_ids": [], "labels": [], "position_ids": []}
+        for ids, labels, pos in rows:
+            pad = width - len(ids)
+            batch["input_ids"].append(ids + [self.pad_id] * pad)
+            batch["labels"].append(labels + [IGNORE_INDEX] * pad)
+            batch["position_ids"].append(pos + list(range(pad)))
+        out: dict = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        out["use_cache"] = False
+        return out
 
 
 def pack(lengths: Sequence[int], max_length: int) -> list[list[int]]:
@@ -112,7 +132,7 @@ class PackedDataset:
 
 def make_collator(cfg, pad_id: int = 0):
     """The collator for ``cfg`` (a :class:`DataConfig`): packed when ``cfg.packing``, else padded."""
-    return PackedCollator() if cfg.packing else PaddedCollator(pad_id=pad_id)
+    return PackedCollator(pad_id=pad_id) if cfg.packing else PaddedCollator(pad_id=pad_id)
 
 
 def training_dataset(dataset, cfg):

@@ -70,7 +70,17 @@ def find_glm(model: nn.Module):
     raise MethodError(f"expected a GLM causal LM (GlmForCausalLM), got {type(model).__name__}")
 
 
-def prefix_mask(mask: torch.Tensor, query_length: int, prefix_length: int, dtype: torch.dtype) -> torch.Tensor:
+def packed_segments(position_ids: torch.Tensor) -> torch.Tensor:
+    """Sample index of each token of packed rows: a new sample starts where positions do not go up by 1.
+
+    The same rule as transformers' ``masking_utils.find_packed_sequence_indices``.
+    """
+    first = position_ids[:, :1] - 1
+    return (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+
+
+def prefix_mask(mask: torch.Tensor, query_length: int, prefix_length: int, dtype: torch.dtype,
+                segments: torch.Tensor | None = None) -> torch.Tensor:
     """Additive 4D mask (batch, 1, q, P + k): every query sees the whole prefix, real keys causally minus pads.
 
     ``mask`` is the 2D mask of the real tokens (past + current). A float mask
@@ -82,6 +92,8 @@ def prefix_mask(mask: torch.Tensor, query_length: int, prefix_length: int, dtype
     q_pos = torch.arange(past, keys, device=mask.device).unsqueeze(1)
     k_pos = torch.arange(keys, device=mask.device).unsqueeze(0)
     allowed = (k_pos <= q_pos).unsqueeze(0) & mask.bool().unsqueeze(1)
+    if segments is not None:  # packed rows: no attention across samples (the prefix stays shared)
+        allowed &= segments.unsqueeze(2) == segments.unsqueeze(1)
     allowed = torch.cat([allowed.new_ones(batch, query_length, prefix_length), allowed], dim=-1)
     out = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
     return out.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
@@ -191,6 +203,9 @@ class PrefixModel(nn.Module):
         elif self.training and self.is_activation_checkpointing:
             raise MethodError("past_key_values cannot be passed in training with gradient checkpointing")
         past = past_key_values.real_length()
+        segments = None
+        if attention_mask is None and position_ids is not None and past == 0:
+            segments = packed_segments(position_ids)
         if attention_mask is None:
             attention_mask = torch.ones(batch, past + length, dtype=torch.long, device=ref.device)
         if attention_mask.dim() != 2 or attention_mask.shape[1] != past + length:
@@ -200,7 +215,7 @@ class PrefixModel(nn.Module):
             )
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-        mask = prefix_mask(attention_mask, length, self.pre_seq_len, dtype)
+        mask = prefix_mask(attention_mask, length, self.pre_seq_len, dtype, segments)
         out = self.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                               past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
                               use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)

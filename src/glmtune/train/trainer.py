@@ -40,12 +40,13 @@ class TrainingError(RuntimeError):
 
 
 def count_real_tokens(inputs: dict) -> int:
-    """Non-padding tokens of a batch (padded: the 2D attention mask; packed rows: every non-pad slot)."""
+    """Non-padding tokens of a batch (padded: the 2D attention mask; packed rows: the non-pad ids)."""
     mask = inputs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         return int(mask.sum())
-    labels = inputs.get("input_ids")
-    return int(labels.numel()) if isinstance(labels, torch.Tensor) else 0
+    ids = inputs.get("input_ids")
+    # Packed rows: the only padding is the pad tail (id 0, <unk>, which SentencePiece's byte fallback never emits).
+    return int((ids != 0).sum()) if isinstance(ids, torch.Tensor) else 0
 
 
 def nonfinite_cause(args, optimizer_lr: float | None) -> str:
