@@ -27,6 +27,9 @@ BAD_LINES = [  # (line text, kind, words the message must contain)
     (json.dumps({"conversations": [{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]}),
      "wrong_type", "is int"),
     (json.dumps({"conversations": "not a list"}), "wrong_type", "is str"),
+    (json.dumps({"tools": [{"name": "track"}], "conversations": [
+        {"role": "user", "content": "x"}, {"role": "tool", "name": "trak", "parameters": {}, "observation": "o"},
+        {"role": "assistant", "content": "y"}]}), "unknown_tool", "'trak' is not among the defined tools (track)"),
 ]
 
 
@@ -63,7 +66,7 @@ def test_skip_invalid_reports_counts_and_reasons(bad_file, tokenizer):
     assert len(splits.train) == 2 and report.records == 2 + len(BAD_LINES)
     assert sum(report.skipped.values()) == len(BAD_LINES)
     assert report.skipped["wrong_type"] == 2 and report.skipped["unknown_role"] == 1
-    assert "skipped (invalid): 8" in splits.report.format()
+    assert f"skipped (invalid): {len(BAD_LINES)}" in splits.report.format()
 
 
 def test_ambiguous_and_unknown_formats_are_user_errors(tmp_path, tokenizer):
@@ -93,7 +96,7 @@ def test_cli_check_lists_all_problems_without_traceback(bad_file, capsys):
     assert main(["data", "check", str(bad_file), "--model", str(TINY)]) == 1
     out, err = capsys.readouterr()
     assert len([ln for ln in err.splitlines() if ln.startswith(f"{bad_file}:")]) == len(BAD_LINES)
-    assert "10 records -> 2 samples" in out and "8 invalid records" in out
+    assert "11 records -> 2 samples" in out and "9 invalid records" in out
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):

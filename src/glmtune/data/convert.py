@@ -83,6 +83,31 @@ def validate(conv: Conversation, ctx: _Ctx) -> None:
     if conv.kind == "chat" and not any(m.learned for m in conv.messages):
         raise ctx.error("no trainable message", "at least one assistant message without \"loss\": false",
                         "add the assistant's answer (or remove the record)", "no_trainable")
+    _check_tool_names(conv, ctx)
+
+
+def _tool_names(tools) -> set[str] | None:
+    """Names of the defined tools, or None when the definitions do not all say (then nothing is checked)."""
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools):
+        return None
+    return {t["name"] for t in tools}
+
+
+def _check_tool_names(conv: Conversation, ctx: _Ctx) -> None:
+    # A call to an undefined tool teaches the model to call tools that do not exist.
+    defined = [conv.tools] + [m.tools for m in conv.messages if m.role == "system" and m.tools is not None]
+    defined = [t for t in defined if t]
+    if not defined:
+        return
+    names = [_tool_names(t) for t in defined]
+    if any(n is None for n in names):
+        return
+    known = set().union(*names)
+    for m in conv.messages:
+        if m.tool_call is not None and m.tool_call.name not in known:
+            raise ctx.error(f"tool call {m.tool_call.name!r} is not among the defined tools ({', '.join(sorted(known))})",
+                            "calls to tools listed in 'tools'", "fix the tool name or add its definition",
+                            "unknown_tool")
 
 
 def resolve_format(fmt: str, first_record: Any, file: str, line: int | None,
