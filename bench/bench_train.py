@@ -8,8 +8,9 @@ single-turn records, prompt 10-200 and answer 20-400 tokens (log-normal).
 Also checks that per-token losses agree between a padded and a packed batch
 of the same samples. Run one mode per process so peak RSS is per mode::
 
-    python bench/bench_train.py --mode padded --steps 20
-    python bench/bench_train.py --mode packed --steps 20
+    python bench/bench_train.py --mode padded-full-logits --steps 20   # the official computation
+    python bench/bench_train.py --mode padded --steps 20               # glmtune's loss, padded
+    python bench/bench_train.py --mode packed --steps 20               # glmtune's loss, packed
     python bench/bench_train.py --mode losses
 """
 
@@ -54,38 +55,55 @@ def build_model():
 
 
 def run_mode(mode: str, steps: int, batch: int) -> None:
+    """Train ``steps`` LoRA steps as ``glmtune train`` does and print real tokens/s and peak RSS.
+
+    ``padded-full-logits`` is the official demo's computation (right-padded
+    batches, logits for every position); ``padded`` and ``packed`` use
+    glmtune's training loss (logits only where labels are, :mod:`glmtune.train.loss`),
+    ``packed`` with rows of max_input + max_output + 1 = 769 tokens, ``batch`` rows a step.
+    """
     from glmtune.data.collate import PackedCollator, PackedDataset, PaddedCollator
+    from glmtune.train.loss import answer_only_loss, find_lm_head
 
     samples = synthetic_samples(2000, 65024)
     model = build_model().train()
+    lm_head = find_lm_head(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     if mode == "packed":
-        # Rows of up to 4 x 769 tokens: the same token budget per step as 4 padded rows at most.
-        data, collate = PackedDataset(samples, 4 * 769), PackedCollator()
-        batch_of = lambda i: collate([data[i]])  # noqa: E731
+        data, collate = PackedDataset(samples, 769), PackedCollator()
+        batch_of = lambda i: collate([data[j] for j in range(i * batch, (i + 1) * batch)])  # noqa: E731
     else:
         collate = PaddedCollator()
         batch_of = lambda i: collate(samples[i * batch:(i + 1) * batch])  # noqa: E731
-    real = padded = 0
+    real = slots = 0
     start = None
     for step in range(steps + 1):
         inputs = batch_of(step)
-        n_real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
-        labels = inputs.pop("labels")
-        inputs.pop("use_cache", None)
-        out = model(**inputs, labels=labels, use_cache=False)
-        out.loss.backward()
+        n_real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int((inputs["input_ids"] != 0).sum())
+        inputs["use_cache"] = False
+        if mode == "padded-full-logits":
+            loss = model(**inputs).loss
+        else:
+            loss = answer_only_loss(model, lm_head, inputs)
+        loss.backward()
         opt.step()
         opt.zero_grad()
         if step == 0:
             start = time.perf_counter()  # first step warms up allocators; not timed
             continue
         real += n_real
-        padded += inputs["input_ids"].numel()
+        slots += inputs["input_ids"].numel()
     elapsed = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{mode}: {steps} steps, {real / elapsed:.0f} real tokens/s, padding {100 * (1 - real / padded):.0f}% "
-          f"of compute, peak RSS {rss:.0f} MB, {elapsed / steps:.2f} s/step")
+    rss = peak_rss_mb()
+    print(f"{mode}: {steps} steps, {real / elapsed:.0f} real tokens/s, padding {100 * (1 - real / slots):.0f}% "
+          f"of token slots, peak RSS {rss:.0f} MB, {elapsed / steps:.2f} s/step, threads {torch.get_num_threads()}")
+
+
+def peak_rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def compare_losses(n: int = 4) -> None:
@@ -113,7 +131,7 @@ def compare_losses(n: int = 4) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("padded", "packed", "losses"), default="padded")
+    p.add_argument("--mode", choices=("padded-full-logits", "padded", "packed", "losses"), default="packed")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=4)
     args = p.parse_args(argv)

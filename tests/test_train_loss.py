@@ -40,3 +40,22 @@ def test_answer_only_loss_equals_full_loss_and_gradients(method):
     assert abs(summed.item() * 2 - loss.item()) <= 1e-5
     # The hook is gone afterwards: a plain forward gives full-length logits again.
     assert model(input_ids=batch["input_ids"]).logits.shape[:2] == (3, 12)
+
+
+@pytest.mark.parametrize("trainable_weight", [True, False])
+def test_chunked_linear_cross_entropy_matches_plain(trainable_weight):
+    from glmtune.train.loss import linear_cross_entropy_sum
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    head.weight.requires_grad_(trainable_weight)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    reference = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+    wanted = [hidden] + ([head.weight] if trainable_weight else [])
+    ref_grads = torch.autograd.grad(reference * 0.5, wanted)
+    loss = linear_cross_entropy_sum(hidden, head, targets, chunk_size=5)  # 5 chunks, the last partial
+    grads = torch.autograd.grad(loss * 0.5, wanted)
+    assert torch.allclose(loss, reference, atol=1e-4)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -8,8 +8,14 @@ labelled positions, then the loss is the same token-level cross entropy
 (sum over labelled tokens / number of labelled tokens in the accumulated
 batch) as transformers' ``ForCausalLMLoss``.
 
-The hook is a plain ``torch.nn.Module`` hook, registered for one forward
-call and removed right after: nothing in transformers or PEFT is patched.
+A forward pre-hook on ``lm_head`` captures the hidden states of labelled
+positions (and lets ``lm_head`` itself run on zero rows); the loss is then
+the same token-level cross entropy as transformers' ``ForCausalLMLoss`` (sum
+over labelled tokens / labelled tokens in the accumulated batch), computed
+chunk by chunk with gradients formed on the fly, so the (tokens x 65k)
+logits never exist whole. The hook is a plain ``torch.nn.Module`` hook,
+registered for one forward call and removed right after: nothing in
+transformers or PEFT is patched.
 """
 
 from __future__ import annotations
@@ -41,17 +47,69 @@ def answer_only_loss(model, lm_head: torch.nn.Module, inputs: dict, num_items_in
     targets = shifted_targets(inputs.pop("labels"))
     keep = targets != IGNORE_INDEX
 
-    def select(_module, args):
-        return (args[0][keep],)
+    captured: list[torch.Tensor] = []
 
-    handle = lm_head.register_forward_pre_hook(select)
+    def capture(_module, args):
+        # Keep the labelled rows for the loss below; lm_head itself then runs on zero rows.
+        captured.append(args[0][keep])
+        return (args[0][:0, :0] if args[0].dim() == 3 else args[0][:0],)
+
+    handle = lm_head.register_forward_pre_hook(capture)
     try:
-        logits = model(**inputs).logits
+        model(**inputs)
     finally:
         handle.remove()
-    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    loss = linear_cross_entropy_sum(captured[0], lm_head, targets[keep])
     if num_items_in_batch is None:
         return loss / keep.sum().clamp(min=1)
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(loss.device)
     return loss / num_items_in_batch
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Sum of cross entropies of ``hidden @ weight.T`` against ``targets``, a chunk of rows at a time.
+
+    Gradients are computed during the forward pass, chunk by chunk, so the
+    (tokens x vocabulary) logits never exist whole: memory is one chunk of
+    logits plus a gradient the size of ``hidden``, and no extra matmul is
+    spent (the same approach as Liger-Kernel's fused linear cross entropy).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size: int):
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start:start + chunk_size]
+            t = targets[start:start + chunk_size]
+            logits = (h @ weight.t()).float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            total += -logprobs.gather(1, t.unsqueeze(1)).sum()
+            grad_logits = logprobs.exp_()  # softmax, in place: d(sum CE)/d logits = softmax - onehot
+            grad_logits[torch.arange(t.shape[0], device=t.device), t] -= 1
+            grad_logits = grad_logits.to(h.dtype)
+            grad_hidden[start:start + chunk_size] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight += (grad_logits.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight if grad_weight is not None else torch.empty(0))
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gh = grad_hidden * grad_output.to(grad_hidden.dtype)
+        gw = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return gh, gw, None, None
+
+
+def linear_cross_entropy_sum(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
+                             chunk_size: int = 1024) -> torch.Tensor:
+    """Summed cross entropy of ``lm_head(hidden)`` against ``targets`` (all valid), memory-light when possible."""
+    weight = getattr(lm_head, "weight", None)
+    plain = type(lm_head) is torch.nn.Linear and lm_head.bias is None and weight is not None and weight.dim() == 2
+    if not plain or weight.numel() == 0:  # wrapped (e.g. LoRA on lm_head) or partitioned (ZeRO-3): plain path
+        return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
+    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
