@@ -86,6 +86,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             t = targets[start:start + chunk_size]
             logits = (h @ weight.t()).float()
             logprobs = torch.log_softmax(logits, dim=-1)
+            del logits  # at most two chunk-sized buffers at once
             total += -logprobs.gather(1, t.unsqueeze(1)).sum()
             grad_logits = logprobs.exp_()  # softmax, in place: d(sum CE)/d logits = softmax - onehot
             grad_logits[torch.arange(t.shape[0], device=t.device), t] -= 1
