@@ -7,9 +7,9 @@ read with ``safe_open``, ``.bin`` shards only with ``torch.load(weights_only=Tru
 from __future__ import annotations
 
 import json
+import mmap
 import os
-import queue
-import threading
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -83,55 +83,62 @@ def safetensors_header(path: Path) -> dict[str, tuple[torch.dtype, list[int], in
     return out
 
 
-def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    # Read each tensor straight into its own buffer with plain file reads, not
-    # mmap: mapped pages would count towards RSS until the whole shard is
-    # closed, while file reads leave only the page cache behind.
+# Elements converted per step: small enough to stay in cache and to bound the
+# mapped pages held at once, big enough for torch's parallel copy kernels.
+_CHUNK_ELEMENTS = 1 << 20
+_PAGE = mmap.PAGESIZE
+
+
+def _convert_into(out: torch.Tensor, src: torch.Tensor, scratch: torch.Tensor) -> None:
+    # fp16 <-> bf16 goes faster through float32 in cache-sized chunks than
+    # directly; one reused scratch buffer, since a fresh temporary per chunk
+    # fragments the heap and keeps hundreds of MB resident.
+    if {out.dtype, src.dtype} == {torch.float16, torch.bfloat16}:
+        src = scratch[: src.numel()].copy_(src)
+    out.copy_(src)
+
+
+def _read_safetensors(path: Path, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    # Convert each tensor straight from the file mapping into its final buffer
+    # (one pass, no intermediate copy), a chunk at a time, and drop the mapped
+    # pages already converted: they would otherwise count towards RSS until
+    # the shard is closed. Peak memory is the loaded model plus one chunk.
     header = safetensors_header(path)
     file_size = path.stat().st_size
-    with open(path, "rb", buffering=0) as f:
-        for name, (dtype, shape, start, end) in sorted(header.items(), key=lambda kv: kv[1][2]):
+    if not header:
+        return
+    scratch = torch.empty(_CHUNK_ELEMENTS, dtype=torch.float32)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        for name, (src_dtype, shape, start, end) in sorted(header.items(), key=lambda kv: kv[1][2]):
             if end > file_size:
                 raise CheckpointError(f"{path}: truncated file (tensor {name!r} ends at byte {end} of {file_size})")
-            buf = torch.empty(end - start, dtype=torch.uint8)
-            f.seek(start)
-            view, got = memoryview(buf.numpy()), 0
-            while got < len(view):
-                n = f.readinto(view[got:])
-                if not n:
-                    raise CheckpointError(f"{path}: truncated file while reading tensor {name!r}")
-                got += n
-            yield name, buf.view(dtype).reshape(shape)
+            target = dtype if dtype is not None and src_dtype.is_floating_point else src_dtype
+            out = torch.empty(shape, dtype=target)
+            flat, size = out.view(-1), torch.empty((), dtype=src_dtype).element_size()
+            if flat.numel() * size != end - start:
+                raise CheckpointError(f"{path}: tensor {name!r} has {end - start} bytes, its shape needs "
+                                      f"{flat.numel() * size}")
+            for i in range(0, flat.numel(), _CHUNK_ELEMENTS):
+                j = min(flat.numel(), i + _CHUNK_ELEMENTS)
+                lo = start + i * size
+                src = torch.frombuffer(mm, dtype=src_dtype, count=j - i, offset=lo)
+                _convert_into(flat[i:j], src, scratch)
+                del src
+                first, done = lo // _PAGE * _PAGE, (start + j * size) // _PAGE * _PAGE
+                if done > first:
+                    mm.madvise(mmap.MADV_DONTNEED, first, done - first)
+            yield name, out
 
 
-def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
-    """Run ``items`` one step ahead in a thread, so reading overlaps the caller's conversion.
+def iter_tensors(path: Path, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of one weight file; floating tensors cast to ``dtype`` when given.
 
-    File reads and torch casts both release the GIL; ``depth`` bounds the extra
-    tensors held in memory.
+    Safetensors are converted straight from the file mapping, one tensor in memory at a time.
     """
-    done = object()
-    q: queue.Queue = queue.Queue(maxsize=depth)
-
-    def produce() -> None:
-        try:
-            for item in items:
-                q.put(item)
-            q.put(done)
-        except BaseException as exc:  # re-raised in the consumer
-            q.put(exc)
-
-    threading.Thread(target=produce, daemon=True).start()
-    while (item := q.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
-def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs of one weight file, at most two tensors in memory at a time for safetensors."""
     if path.suffix == ".safetensors":
-        yield from _prefetched(_read_safetensors(path))
+        with warnings.catch_warnings():  # the mapping is read-only and is never written to
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            yield from _read_safetensors(path, dtype)
         return
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -143,7 +150,8 @@ def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     for name in list(state):
-        yield name, state.pop(name)
+        tensor = state.pop(name)
+        yield name, tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
 def checkpoint_dtype(files: list[Path]) -> torch.dtype | None:

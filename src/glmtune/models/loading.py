@@ -90,7 +90,7 @@ def load_weights(model: GlmForCausalLM, files: list[Path], layout: str, dtype: t
     seen: set[str] = set()
     for path in files:
         part = {}
-        for name, tensor in iter_tensors(path):
+        for name, tensor in iter_tensors(path, dtype):
             pairs = chatglm_key_to_glm(name, tensor, model.config) if layout == "chatglm3" else [(name, tensor)]
             try:
                 pairs = list(pairs)
