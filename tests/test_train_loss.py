@@ -59,3 +59,22 @@ def test_chunked_linear_cross_entropy_matches_plain(trainable_weight):
     assert torch.allclose(loss, reference, atol=1e-4)
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_fp16_uses_the_autograd_path_so_loss_scaling_protects_small_gradients():
+    from glmtune.train import loss as loss_module
+
+    head = torch.nn.Linear(8, 40, bias=False).half()
+    hidden = torch.randn(6, 8, dtype=torch.float16, requires_grad=True)
+    targets = torch.randint(0, 40, (6,))
+    calls = []
+    original = loss_module._FusedLinearCrossEntropy.apply
+    loss_module._FusedLinearCrossEntropy.apply = lambda *a: calls.append(a) or original(*a)
+    try:
+        out = loss_module.linear_cross_entropy_sum(hidden, head, targets)
+        loss_module.linear_cross_entropy_sum(hidden.float(), head.float(), targets)
+    finally:
+        loss_module._FusedLinearCrossEntropy.apply = original
+    assert len(calls) == 1  # only the fp32 call was fused
+    (out * 1024).backward()  # a scaled loss, as GradScaler does: gradients are formed after scaling
+    assert hidden.grad.dtype == torch.float16 and torch.isfinite(hidden.grad).all()

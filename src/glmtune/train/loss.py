@@ -111,6 +111,8 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, lm_head: torch.nn.Module, tar
     """Summed cross entropy of ``lm_head(hidden)`` against ``targets`` (all valid), memory-light when possible."""
     weight = getattr(lm_head, "weight", None)
     plain = type(lm_head) is torch.nn.Linear and lm_head.bias is None and weight is not None and weight.dim() == 2
-    if not plain or weight.numel() == 0:  # wrapped (e.g. LoRA on lm_head) or partitioned (ZeRO-3): plain path
+    # Plain path when lm_head is wrapped (e.g. LoRA on it) or partitioned (ZeRO-3), and in fp16: the fused
+    # gradients are formed before the loss scale is applied, and fp16 would flush 1/65k-sized ones to zero.
+    if not plain or weight.numel() == 0 or hidden.dtype == torch.float16:
         return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
     return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
