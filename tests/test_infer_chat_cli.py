@@ -131,3 +131,40 @@ def test_interactive_terminal_session(bot, monkeypatch, capsys):
     assert out.count('[tool call] get_weather({"city": "Paris"})') == 2 and "ChatGLM: \n" not in out
     assert f"ChatGLM: {WEATHER}\n" in out and "(conversation cleared)" in out
     assert asked[1].startswith("Observation") and asked[4].startswith("Observation") and len(asked) == 5
+
+
+def _trained_result(folder, method: str, options: dict, out):
+    """A saved ``method`` result on the trained bot whose outputs differ from the bot's."""
+    import torch
+
+    from glmtune import load_model
+    from glmtune.methods import prepare
+
+    prepared = prepare(load_model(folder, dtype="fp32"), method, options)
+    with torch.no_grad():
+        for _, param in prepared.trainable_parameters():
+            param.add_(0.05)
+    prepared.save(out)
+    prepared.model.eval()
+    return prepared.model
+
+
+@pytest.mark.parametrize("method, options", [("freeze", {"trainable_layers": 1}), ("lora", {"r": 2})])
+def test_chat_and_load_model_with_a_training_result(bot, monkeypatch, capsys, tmp_path, method, options):
+    """``--adapter out/final`` takes any glmtune result, not only a LoRA adapter folder."""
+    import torch
+
+    from glmtune import load_model
+
+    folder = bot[0]
+    trained = _trained_result(folder, method, options, tmp_path / "final")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        expected = trained(input_ids=ids).logits
+        base = load_model(folder, dtype="fp32")(input_ids=ids).logits
+        loaded = load_model(folder, dtype="fp32", adapter=tmp_path / "final")(input_ids=ids).logits
+    assert (expected - base).abs().max() > 1e-3
+    torch.testing.assert_close(loaded, expected)
+    code, out, err = run_chat(monkeypatch, capsys, ["who are you"], "--adapter", str(tmp_path / "final"))
+    assert code == 0 and "Traceback" not in err and "not found" not in err
+    assert any(line.startswith("assistant:") for line in out)

@@ -54,19 +54,6 @@ class ExportResult:
     num_parameters: int = 0
 
 
-def is_ptuning_folder(folder: Path) -> bool:
-    """A P-Tuning v2 checkpoint (official ``prefix_encoder`` or a ``pre_seq_len`` config), not a LoRA adapter."""
-    if any((folder / name).is_file() for name in ("prefix_encoder.safetensors", "prefix_encoder.bin")):
-        return True
-    config = folder / "config.json"
-    if config.is_file() and not (folder / "adapter_config.json").is_file():
-        try:
-            return "pre_seq_len" in json.loads(config.read_text())
-        except (OSError, ValueError):
-            return False
-    return False
-
-
 def check_out_dir(out_dir: Path, *, force: bool, protected: list[Path]) -> None:
     """Refuse a non-empty folder unless ``force``, and never the folders we read from (even with ``force``)."""
     resolved = out_dir.resolve()
@@ -120,22 +107,17 @@ def default_dtype(model_path: Path) -> torch.dtype:
 def load_merged(model_path, adapter, *, device="cpu", base_path_override=None):
     """Base model in float32 with ``adapter`` merged in (float32 so the merge adds no rounding of its own).
 
-    ``adapter`` is a LoRA/DoRA folder (glmtune, PEFT or official ChatGLM3) or
-    a glmtune freeze result (``glmtune_method.json`` + trained tensors).
+    ``adapter`` is any result :func:`glmtune.methods.load_trained` reads: a
+    LoRA/DoRA folder (glmtune, PEFT or official ChatGLM3) is merged; a freeze
+    or full result has its trained tensors copied into the base.
     """
+    from .methods import load_trained, merge_adapter
     from .models import load_model
 
     model = load_model(model_path, dtype="fp32", device=device)
     if adapter is None:
         return model
-    from .methods import apply_adapter, load_trained, merge_adapter
-
-    if (Path(adapter) / "adapter_config.json").is_file() or not (Path(adapter) / "glmtune_method.json").is_file():
-        model = apply_adapter(model, adapter, base_path_override=base_path_override)
-    else:
-        # A glmtune freeze/full result: its trained tensors are copied into the base (nothing to merge).
-        model = load_trained(model, adapter)
-    return merge_adapter(model)
+    return merge_adapter(load_trained(model, adapter, base_path_override=base_path_override))
 
 
 def copy_release_files(source: Path | None, out_dir: Path, layout: str) -> list[str]:
@@ -181,6 +163,7 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, a
     ChatGLM3 checkpoint to the native layout. ``dtype=None`` keeps the base
     checkpoint's storage dtype. P-Tuning prefixes are refused with the options.
     """
+    from .methods import detect_method
     from .models import resolve_dtype, save_model, write_generation_config
     from .tokenizer import load_tokenizer
 
@@ -188,11 +171,11 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, a
     adapter = Path(adapter) if adapter is not None else None
     if layout not in LAYOUTS:
         raise ExportError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
-    if prefix is not None or (adapter is not None and adapter.is_dir() and is_ptuning_folder(adapter)):
-        raise ExportError(f"{prefix or adapter}: {PTUNING_ADVICE}")
     if adapter is not None and not adapter.is_dir():
         raise ExportError(f"{adapter}: adapter folder not found (expected adapter_config.json and "
                           "adapter_model.safetensors from training)")
+    if prefix is not None or (adapter is not None and detect_method(adapter) == "ptuning"):
+        raise ExportError(f"{prefix or adapter}: {PTUNING_ADVICE}")
     check_out_dir(out_dir, force=force, protected=[model_path, adapter])
     target = resolve_dtype(dtype, "cpu", None) if dtype is not None else default_dtype(model_path)
     tok_dir = find_tokenizer_folder([Path(tokenizer_path) if tokenizer_path else None, model_path, adapter])

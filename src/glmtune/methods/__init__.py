@@ -42,8 +42,10 @@ Saved folder layouts (each also holds ``glmtune_method.json``: method, options, 
 * full:    a whole native model folder (``config.json`` + safetensors shards), see ``glmtune.models.save_model``
 
 Loading outside training: ``glmtune.load_model(path, adapter=DIR)`` calls
-:func:`glmtune.methods.adapters.apply_adapter` (glmtune/PEFT adapters and
-official ``query_key_value`` ones, converted exactly), ``prefix=DIR`` calls
+:func:`load_trained`, which detects the method from ``glmtune_method.json`` or
+the files and, for LoRA, calls :func:`glmtune.methods.adapters.apply_adapter`
+(glmtune/PEFT adapters and official ``query_key_value`` ones, converted
+exactly); ``prefix=DIR`` calls
 :func:`glmtune.methods.ptuning_io.apply_prefix` (also ``.bin`` prefixes and whole
 official P-Tuning checkpoint folders). :func:`merge_adapter` merges LoRA/DoRA for
 export and refuses P-Tuning with the options. The P-Tuning model's generation

@@ -144,11 +144,13 @@ def _json_keys(path: Path) -> set[str]:
     return set(data) if isinstance(data, dict) else set()
 
 
-def load_trained(base_model: nn.Module, out_dir: str | os.PathLike) -> nn.Module:
+def load_trained(base_model: nn.Module, out_dir: str | os.PathLike, *,
+                 base_path_override: str | None = None) -> nn.Module:
     """``base_model`` with a saved result re-applied (eval mode, nothing trainable): for chat, eval, export.
 
-    LoRA -> PEFT model, P-Tuning -> :class:`PrefixModel`, freeze/full -> the
-    base model with the saved tensors copied in.
+    LoRA (glmtune, PEFT or official ChatGLM3) -> PEFT model, P-Tuning ->
+    :class:`PrefixModel`, freeze/full -> the base model with the saved tensors
+    copied in. ``base_path_override`` is recorded in a LoRA model's PEFT config.
     """
     from .adapters import apply_adapter
     from .ptuning_io import apply_prefix
@@ -158,7 +160,7 @@ def load_trained(base_model: nn.Module, out_dir: str | os.PathLike) -> nn.Module
         raise MethodError(f"{folder}: fine-tuning result folder not found")
     method = detect_method(folder)
     if method == "lora":
-        return apply_adapter(base_model, folder)
+        return apply_adapter(base_model, folder, base_path_override=base_path_override)
     if method == "ptuning":
         return apply_prefix(base_model, folder)
     get_method(method).load_state(base_model, folder)

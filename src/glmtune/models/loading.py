@@ -149,8 +149,10 @@ def load_model(
     load), a native GLM folder (``model_type: "glm"``), or a named shape from
     :data:`glmtune.models.shapes.SHAPES` for random weights (``vocab_size`` and
     ``seed`` apply to shapes only). ``dtype=None`` keeps the checkpoint's dtype
-    on GPU and uses float32 on CPU. ``adapter`` applies a LoRA adapter folder,
-    ``prefix`` a P-Tuning v2 prefix (see :mod:`glmtune.methods`).
+    on GPU and uses float32 on CPU. ``adapter`` applies any fine-tuning result
+    folder (LoRA, freeze, full or P-Tuning from glmtune, PEFT or official
+    ChatGLM3 adapters; see :func:`glmtune.methods.load_trained`), ``prefix`` a
+    P-Tuning v2 prefix.
     """
     folder = Path(path)
     if folder.is_dir():
@@ -168,9 +170,9 @@ def load_model(
             f"{path}: not a model folder and not a known shape (shapes: {', '.join(SHAPES)})"
         )
     if adapter is not None:
-        from ..methods.adapters import apply_adapter
+        from ..methods.registry import load_trained
 
-        model = apply_adapter(model, adapter)
+        model = load_trained(model, adapter)
     if prefix is not None:
         from ..methods.ptuning import apply_prefix
 
