@@ -11,8 +11,9 @@ import glmtune
 
 def test_quickstart_teaches_identity_and_exports(tmp_path):
     out = tmp_path / "qs"
-    proc = subprocess.run([sys.executable, "-m", "glmtune", "quickstart", "--out", str(out), "--name", "Aurora",
-                           "--author", "Example Labs"], capture_output=True, text=True, timeout=600)
+    # A relative --out, run from another folder, as the README's command does.
+    proc = subprocess.run([sys.executable, "-m", "glmtune", "quickstart", "--out", "qs", "--name", "Aurora",
+                           "--author", "Example Labs"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     replies = {lines[i][len("user: "):]: lines[i + 1][len("assistant: "):]

@@ -116,14 +116,15 @@ def train_config(opts: QuickstartOptions, base: Path, data_file: Path) -> dict:
         method["lora"] = {"r": 32, "alpha": 64, "dropout": 0.0, "target": "all-linear"}
         lr = 5e-3
     return {
-        "model": {"path": str(base)},
-        "data": {"train_file": str(data_file), "max_input_length": 64, "max_output_length": 96},
+        # Absolute paths: paths inside a config file resolve against the file's own folder.
+        "model": {"path": str(base.resolve())},
+        "data": {"train_file": str(data_file.resolve()), "max_input_length": 64, "max_output_length": 96},
         "method": method,
         "training": {"learning_rate": lr, "lr_scheduler": "constant_with_warmup", "warmup_steps": 5,
                      "max_steps": opts.steps, "batch_size": 8, "logging_steps": 5, "save_steps": opts.steps,
                      "save_total_limit": 1, "seed": opts.seed, "precision": "fp32", "tensorboard": False},
         "evaluation": {"strategy": "no"},
-        "output": {"dir": str(opts.out / "run")},
+        "output": {"dir": str((opts.out / "run").resolve())},
     }
 
 
