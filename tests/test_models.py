@@ -97,6 +97,25 @@ def test_state_dict_conversion_functions_are_inverse(official):
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
 
 
+def test_save_sharded_makes_and_writes_one_shard_at_a_time(tmp_path):
+    """Streaming: a shard's tensors are made only after every earlier shard is on disk."""
+    from glmtune.models.checkpoint import LazyTensor, save_sharded
+
+    made = []
+
+    def make(i):
+        made.append((i, sorted(p.name for p in tmp_path.glob("model-*.safetensors"))))
+        return torch.full((4, 4), float(i))  # 64 bytes as float32
+
+    state = {f"t{i}": LazyTensor(64, lambda i=i: make(i)) for i in range(4)}
+    paths = save_sharded(state, tmp_path, max_shard_bytes=128)
+    assert [p.name for p in paths] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert [names for _, names in made] == [[], [], [paths[0].name], [paths[0].name]]
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert index["metadata"]["total_size"] == 256 and index["weight_map"]["t3"] == paths[1].name
+    assert torch.equal(load_file(paths[1])["t2"], torch.full((4, 4), 2.0))
+
+
 @pytest.mark.parametrize("storage", [torch.float16, torch.bfloat16, torch.float32])
 def test_bin_shards_and_storage_dtypes(tmp_path, ref, storage):
     """Sharded pytorch_model-*.bin with an index, in each storage dtype, loads like the original."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Mapping
 
 import torch
 from safetensors.torch import save_file
@@ -168,39 +170,92 @@ def checkpoint_dtype(files: list[Path]) -> torch.dtype | None:
     return None
 
 
-def save_sharded(
-    state: dict[str, torch.Tensor], out_dir: Path, *, max_shard_bytes: int = 2 * 1024**3, metadata: dict | None = None
-) -> list[Path]:
-    """Write ``state`` as safetensors shards plus ``model.safetensors.index.json`` (or one file)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, torch.Tensor]] = [{}]
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor to write, made only when its shard is written (``nbytes`` plans the shards beforehand)."""
+
+    nbytes: int
+    make: Callable[[], torch.Tensor]
+
+
+def _nbytes(value: torch.Tensor | LazyTensor) -> int:
+    return value.nbytes if isinstance(value, LazyTensor) else value.numel() * value.element_size()
+
+
+def _materialize(value: torch.Tensor | LazyTensor) -> torch.Tensor:
+    tensor = value.make() if isinstance(value, LazyTensor) else value
+    return tensor.detach().contiguous().cpu()
+
+
+def plan_shards(sizes: dict[str, int], max_shard_bytes: int) -> list[list[str]]:
+    """Names per shard, in order: a shard is closed before the tensor that would take it past the limit."""
+    shards: list[list[str]] = [[]]
     size = 0
-    for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
+    for name, nbytes in sizes.items():
         if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+            shards.append([])
             size = 0
-        shards[-1][name] = tensor.detach().contiguous().cpu()
+        shards[-1].append(name)
         size += nbytes
+    return shards
+
+
+def save_sharded(
+    state: Mapping[str, torch.Tensor | LazyTensor], out_dir: Path, *, max_shard_bytes: int = 2 * 1024**3,
+    metadata: dict | None = None,
+) -> list[Path]:
+    """Write ``state`` as safetensors shards plus ``model.safetensors.index.json`` (or one file).
+
+    Shards are made and written one at a time (a :class:`LazyTensor` is made
+    only then), so peak memory is the source plus one shard.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes = {name: _nbytes(value) for name, value in state.items()}
+    shards = plan_shards(sizes, max_shard_bytes)
     meta = {"format": "pt", **(metadata or {})}
-    if len(shards) == 1:
-        path = out_dir / "model.safetensors"
-        save_file(shards[0], str(path), metadata=meta)
-        return [path]
-    paths, weight_map = [], {}
-    for i, shard in enumerate(shards, 1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out_dir / name), metadata=meta)
-        weight_map.update(dict.fromkeys(shard, name))
-        paths.append(out_dir / name)
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return paths
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
+    weight_map = {}
+    for file_name, shard in zip(names, shards):
+        tensors = {name: _materialize(state[name]) for name in shard}
+        save_file(tensors, str(out_dir / file_name), metadata=meta)
+        del tensors
+        weight_map.update(dict.fromkeys(shard, file_name))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return [out_dir / name for name in names]
 
 
-def remove_weight_files(out_dir: Path) -> None:
-    """Remove weights a previous write left, so a folder never mixes two layouts."""
-    for name in os.listdir(out_dir):
-        if name.endswith((".safetensors", ".bin")) or name in INDEX_FILES:
+# Weight files a model write produces (ours, transformers' and the official
+# checkpoints'), beside those an existing index lists.
+_WRITTEN_WEIGHTS = re.compile(r"^(model(-\d+-of-\d+)?\.safetensors|pytorch_model(-\d+-of-\d+)?\.bin)$")
+
+
+def remove_weight_files(out_dir: Path) -> list[str]:
+    """Remove the weights a previous model write left, so a folder never mixes two layouts.
+
+    Only model weights go: the shards an existing index lists, ``model.safetensors``,
+    ``model-*-of-*.safetensors``, ``pytorch_model.bin``, ``pytorch_model-*-of-*.bin``
+    and the index files. Anything else (``training_args.bin``, an adapter's
+    ``.safetensors``) is the user's and stays. Returns the names removed.
+    """
+    names = set()
+    for index_name in INDEX_FILES:
+        index = out_dir / index_name
+        if index.is_file():
+            try:
+                weight_map = read_json(index).get("weight_map")
+            except CheckpointError:
+                weight_map = None  # a broken index is replaced all the same
+            if isinstance(weight_map, dict):
+                # Only plain names in this folder: an index must not make us delete elsewhere.
+                names.update(v for v in weight_map.values() if isinstance(v, str) and Path(v).name == v)
+            names.add(index_name)
+    names.update(name for name in os.listdir(out_dir) if _WRITTEN_WEIGHTS.match(name))
+    removed = []
+    for name in sorted(names):
+        if (out_dir / name).is_file():
             (out_dir / name).unlink()
+            removed.append(name)
+    return removed

@@ -8,7 +8,7 @@ can stream shard by shard and never hold two full copies of the weights.
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from transformers import GlmConfig
@@ -157,14 +157,17 @@ def chatglm_key_to_glm(name: str, tensor: torch.Tensor, config: GlmConfig) -> It
 _NATIVE_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-def glm_state_dict_to_chatglm(state: dict[str, torch.Tensor], config: GlmConfig) -> dict[str, torch.Tensor]:
-    """Official ChatGLM3 tensors for a native state dict (q/k/v fused back)."""
+def chatglm_layout_plan(names: Iterable[str]) -> dict[str, list[str]]:
+    """Official ChatGLM3 name -> the native names it is made of, in native order (q/k/v fused, in that order).
+
+    Names only, so a writer can produce one fused tensor at a time.
+    """
     inverse_top = {v: k for k, v in _TOP_RENAMES.items()}
     inverse_layer = {v: k for k, v in _LAYER_RENAMES.items()}
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
+    plan: dict[str, list[str]] = {}
+    for name in names:
         if name in inverse_top:
-            out[inverse_top[name]] = tensor
+            plan[inverse_top[name]] = [name]
             continue
         m = _NATIVE_LAYER.match(name)
         if not m:
@@ -172,15 +175,23 @@ def glm_state_dict_to_chatglm(state: dict[str, torch.Tensor], config: GlmConfig)
         idx, rest = m.groups()
         prefix = f"transformer.encoder.layers.{idx}."
         if rest in inverse_layer:
-            out[prefix + inverse_layer[rest]] = tensor
+            plan[prefix + inverse_layer[rest]] = [name]
         elif rest.startswith("self_attn.q_proj."):
             kind = rest.rsplit(".", 1)[1]
-            parts = [state[f"model.layers.{idx}.self_attn.{p}.{kind}"] for p in ("q_proj", "k_proj", "v_proj")]
-            out[f"{prefix}self_attention.query_key_value.{kind}"] = torch.cat(parts, dim=0)
+            parts = [f"model.layers.{idx}.self_attn.{p}.{kind}" for p in ("q_proj", "k_proj", "v_proj")]
+            plan[f"{prefix}self_attention.query_key_value.{kind}"] = parts
         elif rest.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
             continue  # fused with q_proj above
         else:
             raise CheckpointError(f"unexpected native tensor {name!r}")
+    return plan
+
+
+def glm_state_dict_to_chatglm(state: dict[str, torch.Tensor], config: GlmConfig) -> dict[str, torch.Tensor]:
+    """Official ChatGLM3 tensors for a native state dict (q/k/v fused back)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, parts in chatglm_layout_plan(state).items():
+        out[name] = state[parts[0]] if len(parts) == 1 else torch.cat([state[p] for p in parts], dim=0)
     return out
 
 

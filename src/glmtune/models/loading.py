@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import torch
 from transformers import GlmConfig, GlmForCausalLM
 from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
-from .checkpoint import checkpoint_dtype, iter_tensors, read_json, remove_weight_files, save_sharded, weight_files
+from .checkpoint import (
+    LazyTensor,
+    checkpoint_dtype,
+    iter_tensors,
+    read_json,
+    remove_weight_files,
+    save_sharded,
+    weight_files,
+)
 from .convert import (
     CheckpointError,
     chatglm_key_to_glm,
+    chatglm_layout_plan,
     chatglm_to_glm_config,
-    glm_state_dict_to_chatglm,
     glm_to_chatglm_config,
 )
 from .shapes import SHAPES, shape_config
@@ -180,35 +189,60 @@ def load_model(
     return model
 
 
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor if dtype is None else tensor.to(dtype)
+
+
+def _fused(state: dict[str, torch.Tensor], parts: list[str], dtype: torch.dtype | None) -> torch.Tensor:
+    if len(parts) == 1:
+        return _cast(state[parts[0]], dtype)
+    return torch.cat([_cast(state[p], dtype) for p in parts], dim=0)
+
+
+def _lazy_state(state: dict[str, torch.Tensor], layout: str, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
+    """What to write, by name: each tensor cast (and for chatglm3 fused) only when its shard is written."""
+    if layout == "native":
+        plan = {name: [name] for name in state}
+    elif layout == "chatglm3":
+        plan = chatglm_layout_plan(state)
+    else:
+        raise ValueError(f"unknown layout {layout!r}; use 'native' or 'chatglm3'")
+    lazy = {}
+    for name, parts in plan.items():
+        size = (dtype or state[parts[0]].dtype).itemsize
+        lazy[name] = LazyTensor(sum(state[p].numel() for p in parts) * size, partial(_fused, state, parts, dtype))
+    return lazy
+
+
 def save_model(model: GlmForCausalLM, out_dir: str | os.PathLike, *, layout: str = "native", dtype=None,
                max_shard_bytes: int = 2 * 1024**3) -> Path:
     """Write ``model`` as sharded safetensors in the ``native`` or ``chatglm3`` layout.
 
-    Weight files a previous write left in ``out_dir`` are removed first, so a
-    folder never mixes layouts; callers decide whether ``out_dir`` may be reused.
+    Streams: each shard is cast (and fused) and written before the next is
+    made, so peak memory is the model plus one shard. Model weight files a
+    previous write left in ``out_dir`` are removed first, so a folder never
+    mixes layouts; other files stay, and callers decide whether ``out_dir`` may be reused.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_weight_files(out_dir)
     target = resolve_dtype(dtype, "cpu", None) if dtype is not None else None
-    state = {k: (v.to(target) if target is not None else v) for k, v in model.state_dict().items()}
+    state = model.state_dict()
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    stored = next(iter(state.values())).dtype
+    lazy = _lazy_state(state, layout, target)
+    stored = str(target or next(iter(state.values())).dtype).replace("torch.", "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_weight_files(out_dir)
     if layout == "native":
         model.config.save_pretrained(out_dir)
         config_path = out_dir / "config.json"
         cfg = json.loads(config_path.read_text())
         cfg.pop("_attn_implementation", None)
-        cfg["torch_dtype"] = str(stored).replace("torch.", "")
+        cfg["torch_dtype"] = stored
         config_path.write_text(json.dumps(cfg, indent=2) + "\n")
-    elif layout == "chatglm3":
-        state = glm_state_dict_to_chatglm(state, model.config)
-        cfg = {**glm_to_chatglm_config(model.config), "torch_dtype": str(stored).replace("torch.", "")}
-        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     else:
-        raise ValueError(f"unknown layout {layout!r}; use 'native' or 'chatglm3'")
-    save_sharded(state, out_dir, max_shard_bytes=max_shard_bytes)
+        cfg = {**glm_to_chatglm_config(model.config), "torch_dtype": stored}
+        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    save_sharded(lazy, out_dir, max_shard_bytes=max_shard_bytes)
     return out_dir
 
 
