@@ -73,3 +73,31 @@ def test_encode_for_generation_drops_trailing_answer(tmp_path, capsys):
     conv = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
     row = _encode(tmp_path, capsys, {"conversations": conv}, "--for-generation")
     assert row == {"input_ids": build_prompt(conv[:1], load_tokenizer(TINY))}
+
+
+def _one_line_error(capsys, argv) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("glmtune: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_corrupt_parquet_is_one_line_error_naming_the_file(tmp_path, capsys):
+    need_fixtures()
+    bad = tmp_path / "train.parquet"
+    bad.write_bytes(b"PAR1 this is not really parquet")
+    for argv in (["data", "check", str(bad)], ["data", "preview", str(bad)]):
+        err = _one_line_error(capsys, [*argv, "--model", str(TINY)])
+        assert str(bad) in err and "parquet" in err
+
+
+def test_missing_pyarrow_is_one_line_error(tmp_path, capsys, monkeypatch):
+    import sys
+
+    need_fixtures()
+    path = tmp_path / "train.parquet"
+    path.write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow...` raise ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    err = _one_line_error(capsys, ["data", "check", str(path), "--model", str(TINY)])
+    assert str(path) in err and "pip install pyarrow" in err

@@ -271,3 +271,20 @@ def test_init_model_cli_writes_loadable_folder(tmp_path):
     assert gen["eos_token_id"] == [2, 64795, 64797]
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("command", ["chat", "eval", "serve", "init-model"])
+def test_unknown_dtype_is_one_line_error(command, tmp_path, capsys):
+    from glmtune.cli import main
+
+    need_fixtures()
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"conversations": [{"role": "user", "content": "hi"},
+                                                  {"role": "assistant", "content": "yo"}]}) + "\n")
+    argv = {"chat": ["--model", str(TINY)], "serve": ["--model", str(TINY), "--port", "0"],
+            "eval": ["--model", str(TINY), "--data", str(data)],
+            "init-model": ["--shape", "tiny", "--tokenizer", str(TINY), "--out", str(tmp_path / "m")]}[command]
+    code = main([command, *argv, "--dtype", "foo"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("glmtune: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "'foo'" in err and "bf16" in err and "fp32" in err

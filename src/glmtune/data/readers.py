@@ -135,9 +135,19 @@ def read_csv(path: Path, text: str) -> Iterator[Item]:
 
 
 def read_parquet(path: Path, _text: str | None) -> Iterator[Item]:
-    import pyarrow.parquet as pq
+    from .errors import DataError
 
-    for n, row in enumerate(pq.read_table(path).to_pylist(), 1):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet files needs pyarrow, which is not installed "
+                        "(fix: pip install pyarrow, or convert the file to .jsonl)") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and others for a damaged file
+        raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {' '.join(str(exc).split())}) "
+                        "(fix: re-export the file, or convert it to .jsonl)") from None
+    for n, row in enumerate(rows, 1):
         yield n, row
 
 

@@ -52,7 +52,7 @@ def resolve_dtype(dtype, device: str | torch.device, stored: torch.dtype | None)
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)} or None") from None
+        raise CheckpointError(f"unknown dtype {dtype!r}; use one of: auto, {', '.join(_DTYPES)}") from None
 
 
 def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
