@@ -101,3 +101,41 @@ def test_missing_pyarrow_is_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     err = _one_line_error(capsys, ["data", "check", str(path), "--model", str(TINY)])
     assert str(path) in err and "pip install pyarrow" in err
+
+
+_GOOD = json.dumps({"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+
+
+def test_check_empty_file_is_an_error_naming_it(tmp_path, capsys):
+    need_fixtures()
+    for name, text in (("empty.jsonl", ""), ("blank.json", "\n\n"), ("array.json", "[]"), ("header.csv", "a,b\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        err = _one_line_error(capsys, ["data", "check", str(path), "--model", str(TINY)])
+        assert str(path) in err and "no records" in err
+
+
+def test_check_takes_a_data_folder_and_checks_every_file(tmp_path, capsys):
+    need_fixtures()
+    folder = tmp_path / "AdvertiseGen"
+    folder.mkdir()
+    (folder / "train.json").write_text(_GOOD + "\n" + _GOOD + "\n")
+    (folder / "dev.json").write_text(_GOOD + "\n" + '{"conversations": [{"role": "bot", "content": "x"}]}\n')
+    (folder / "README.md").write_text("not data")
+    assert main(["data", "check", str(folder), "--model", str(TINY)]) == 1
+    captured = capsys.readouterr()
+    assert f"{folder / 'dev.json'}:2:" in captured.err and "unsupported file type" not in captured.err
+    assert "1 invalid record" in captured.out
+    (folder / "dev.json").write_text(_GOOD + "\n")
+    assert main(["data", "check", str(folder), "--model", str(TINY)]) == 0
+    assert "all records are valid" in capsys.readouterr().out
+    # preview/encode take one file: a folder with several names them.
+    err = _one_line_error(capsys, ["data", "preview", str(folder), "--model", str(TINY)])
+    assert "dev.json" in err and "train.json" in err and "pass one of them" in err
+    (folder / "dev.json").unlink()
+    assert main(["data", "encode", str(folder), "--model", str(TINY), "-o", str(tmp_path / "o.jsonl")]) == 0
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 2
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    err = _one_line_error(capsys, ["data", "check", str(empty), "--model", str(TINY)])
+    assert str(empty) in err and "no data files" in err

@@ -25,14 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser("check", help="validate every record and summarise",
                         description="List every problem as FILE:LINE: problem (expected ...), then a summary. "
                                     "Exit status 1 if any record is invalid.")
-    c.add_argument("inputs", nargs="+", metavar="INPUT")
+    c.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="data files, or folders whose data files (train.json, dev.json, ...) are all checked")
     _common(c, 512)
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=run_check)
 
     v = dsub.add_parser("preview", help="show token / id / label of the first records",
                         description="The official demo's sanity check: decoded token, token id, label id.")
-    v.add_argument("input", metavar="INPUT")
+    v.add_argument("input", metavar="INPUT", help="a data file (or a folder holding exactly one)")
     v.add_argument("-n", type=int, default=1, help="number of records (default 1)")
     _common(v, None)
     v.set_defaults(func=run_preview)
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = dsub.add_parser("encode", help="write input_ids/labels as JSON lines",
                         description="One JSON line per record: {\"input_ids\": [...], \"labels\": [...]}, or "
                                     "with --for-generation {\"input_ids\": [...]} of the generation prompt.")
-    e.add_argument("input", metavar="INPUT")
+    e.add_argument("input", metavar="INPUT", help="a data file (or a folder holding exactly one)")
     _common(e, None)
     e.add_argument("--for-generation", action="store_true",
                    help="encode the prompt ending with <|assistant|> (trailing assistant turns are left out)")
@@ -68,15 +69,25 @@ def _config(args: argparse.Namespace, **extra):
                       cache=False, **extra)
 
 
-def _load(args: argparse.Namespace, path: str):
-    """(config, tokenizer, converted records, problems) of one input file."""
-    from pathlib import Path
+def _one_file(path: str):
+    """The file ``path`` names: itself, or the only data file of a folder (else an error naming the choices)."""
+    from ..data.errors import DataError
+    from ..data.readers import data_files
 
+    files = data_files(path)
+    if len(files) > 1:
+        shown = ", ".join(str(f) for f in files)
+        raise DataError(f"{path}: folder holds {len(files)} data files; pass one of them ({shown})")
+    return files[0]
+
+
+def _load(args: argparse.Namespace, path: str):
+    """(config, tokenizer, converted records, problems) of one input file (or a folder holding one)."""
     from ..data.cli_support import load_conversations
     from ..tokenizer import load_tokenizer
 
     cfg = _config(args)
-    return cfg, load_tokenizer(args.model), *load_conversations(Path(path), cfg)
+    return cfg, load_tokenizer(args.model), *load_conversations(_one_file(path), cfg)
 
 
 def _print_problems(problems) -> None:
@@ -86,14 +97,15 @@ def _print_problems(problems) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from ..data.process import merge_processed, process_source
+    from ..data.readers import data_files
     from ..data.registry import Source
     from ..tokenizer import load_tokenizer
 
     cfg, tok = _config(args), load_tokenizer(args.model)
-    result = merge_processed([process_source(Source(Path(f)), cfg, tok) for f in args.inputs])
+    files = [f for name in args.inputs for f in data_files(name)]
+    result = merge_processed([process_source(Source(f), cfg, tok) for f in files])
     _print_problems(result.problems)
     report = result.report
     if args.json:

@@ -13,8 +13,8 @@ from .config import DataConfig
 from .convert import convert_record, resolve_format
 from .dataset import EncodedDataset
 from .encode import encode_sample
-from .errors import Problem, RecordError
-from .readers import RawJSON, parse_raw, raw_json_lines, read_records
+from .errors import DataError, Problem, RecordError
+from .readers import RECORDS_EXPECTED, RawJSON, parse_raw, raw_json_lines, read_records
 from .registry import Source
 from .report import SplitReport
 
@@ -48,6 +48,11 @@ def read_source(source: Source, seed: int = 0, raw: bool = False) -> tuple[list[
             else:
                 records.append(item)
     read = len(records) + len(problems)
+    if read == 0:
+        # An empty file is almost always a wrong path or a failed export; training on
+        # nothing, or "all records are valid", would hide that.
+        raise DataError(f"{source.path}: the file holds no records (expected {RECORDS_EXPECTED}; fix: check the path, "
+                        "or regenerate the file)")
     if source.ratio != 1.0 and records:
         rng = random.Random(f"{seed}:{source.name}:{source.path}")
         whole, frac = int(source.ratio), source.ratio - int(source.ratio)

@@ -160,11 +160,36 @@ READERS: dict[str, Callable[[Path, str | None], Iterator[Item]]] = {
 }
 
 
+RECORDS_EXPECTED = "one or more records: a JSON array or JSON lines, CSV rows under a header, or parquet rows"
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The data files an input names: a file itself, or every data file of a folder (by name).
+
+    A folder is the official layout: ``train.json``, ``dev.json``, ``test.json``
+    (any of the supported types) side by side.
+    """
+    from .errors import DataError
+
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in READERS
+                   and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{path}: folder holds no data files (expected files ending in {', '.join(READERS)}, "
+                        "e.g. train.json and dev.json; fix: pass the data files or their folder)")
+    return files
+
+
 def read_records(path: str | Path) -> Iterator[Item]:
     """Yield ``(line, record)`` for each record of ``path``, or a :class:`Problem` where it cannot be read."""
     from .errors import DataError
 
     path = Path(path)
+    if path.is_dir():
+        shown = ", ".join(p.name for p in data_files(path))
+        raise DataError(f"{path}: is a folder, not a data file (fix: name one of its files: {shown})")
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} "
