@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from glmtune.data import DataConfig, prepare_splits
 from glmtune.data.chat_format import encode_chat
 from glmtune.data.cli_support import load_conversations
@@ -139,3 +141,15 @@ def test_chatglm3_conversations_in_csv_cell(tmp_path, tokenizer):
         w.writerow([json.dumps(CHATGLM3["conversations"])])
     convs, problems = load_conversations(tmp_path / "c.csv", DataConfig(format="chatglm3"))
     assert not problems and convs[0].messages == EXPECTED_TOOL_MESSAGES
+
+
+def test_openai_conversation_needs_no_assistant_message():
+    """The chat API converts a request: a history ending with the user is fine, a bad role is located."""
+    from glmtune.data.errors import DataError
+    from glmtune.data.formats import openai_conversation
+
+    conv = openai_conversation([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                               [{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    assert [m.role for m in conv.messages] == ["system", "user"] and conv.tools == [{"name": "f", "parameters": {}}]
+    with pytest.raises(DataError, match=r"^request: \[openai\] unknown role 'bot'"):
+        openai_conversation([{"role": "bot", "content": "x"}])

@@ -168,3 +168,19 @@ def test_chat_and_load_model_with_a_training_result(bot, monkeypatch, capsys, tm
     code, out, err = run_chat(monkeypatch, capsys, ["who are you"], "--adapter", str(tmp_path / "final"))
     assert code == 0 and "Traceback" not in err and "not found" not in err
     assert any(line.startswith("assistant:") for line in out)
+
+
+def test_device_rule_and_unavailable_gpu_is_one_line_error(bot, monkeypatch, capsys):
+    import torch
+
+    from glmtune.devices import DeviceError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
+        resolve_device("cuda:1")
+    code, out, err = run_chat(monkeypatch, capsys, ["hi"], "--device", "cuda")
+    assert code == 2 and out == [] and err.count("\n") == 1 and "no CUDA GPU" in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == "cuda:3"

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import glmtune
 from glmtune.tokenizer import SPECIAL_TOKENS, TokenizerError, train_tokenizer
 
-from conftest import ENCODINGS, TINY
+from conftest import ENCODINGS, TINY, need_fixtures
 
 ROUND_TRIP = [
     "你好，你是谁？",
@@ -129,3 +129,17 @@ def test_trained_tokenizer_has_the_same_special_scheme(tmp_path):
     assert tok.special_tokens["[gMASK]"] == tok.sp_size + 1 and tok.eos_token_id == 2 and tok.pad_token_id == 0
     for text in ["Hello, 你好！\n  spaced", "unseen: 龘 xyz"]:
         assert tok.decode(tok.encode(text)) == text
+
+
+def test_find_tokenizer_takes_the_first_candidate_that_has_one(tmp_path):
+    from glmtune.tokenizer import TokenizerError, find_tokenizer
+
+    need_fixtures()
+    empty = tmp_path / "adapter"
+    empty.mkdir()
+    tok_file = TINY / "tokenizer.model"
+    assert find_tokenizer(None, tmp_path / "missing", empty, TINY) == tok_file
+    assert find_tokenizer(tok_file, empty) == tok_file  # --tokenizer may name the file itself
+    assert find_tokenizer("tiny", TINY) == tok_file  # a shape name is not a folder
+    with pytest.raises(TokenizerError, match=r"no tokenizer\.model in .*adapter, .*missing.*--tokenizer DIR"):
+        find_tokenizer(empty, None, tmp_path / "missing")

@@ -39,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input, reported as ``glmtune: error: ...``."""
+    from .devices import DeviceError
     from .models.convert import CheckpointError
     from .tokenizer import TokenizerError
 
-    types: list[type[BaseException]] = [UserError, CheckpointError, TokenizerError, FileNotFoundError]
+    types: list[type[BaseException]] = [UserError, CheckpointError, TokenizerError, DeviceError, FileNotFoundError]
     for module, name in (("glmtune.data.errors", "DataError"), ("glmtune.config", "ConfigError"),
                          ("glmtune.methods.errors", "MethodError")):
         try:

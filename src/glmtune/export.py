@@ -84,15 +84,6 @@ def parse_size(text: str) -> int:
     raise ExportError(f"shard size {text!r} not understood; use e.g. 2GB, 500MB or 1GiB")
 
 
-def find_tokenizer_folder(candidates: list[Path | None]) -> Path:
-    for folder in candidates:
-        if folder is not None and (Path(folder) / "tokenizer.model").is_file():
-            return Path(folder)
-    shown = ", ".join(str(c) for c in candidates if c is not None)
-    raise ExportError(f"no tokenizer.model in {shown}; pass --tokenizer DIR (the base model's folder) so the "
-                      "export can be used for chat")
-
-
 def default_dtype(model_path: Path) -> torch.dtype:
     """The base checkpoint's storage dtype (fp16 for the official ChatGLM3), bf16 for named shapes."""
     from .models.checkpoint import checkpoint_dtype, weight_files
@@ -165,7 +156,7 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, a
     """
     from .methods import detect_method
     from .models import resolve_dtype, save_model, write_generation_config
-    from .tokenizer import load_tokenizer
+    from .tokenizer import find_tokenizer, load_tokenizer
 
     model_path, out_dir = Path(model_path), Path(out_dir)
     adapter = Path(adapter) if adapter is not None else None
@@ -178,8 +169,7 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, a
         raise ExportError(f"{prefix or adapter}: {PTUNING_ADVICE}")
     check_out_dir(out_dir, force=force, protected=[model_path, adapter])
     target = resolve_dtype(dtype, "cpu", None) if dtype is not None else default_dtype(model_path)
-    tok_dir = find_tokenizer_folder([Path(tokenizer_path) if tokenizer_path else None, model_path, adapter])
-    tokenizer = load_tokenizer(tok_dir)
+    tokenizer = load_tokenizer(find_tokenizer(tokenizer_path, model_path, adapter))
 
     model = load_merged(model_path, adapter, device=device, base_path_override=base_path_override)
     save_model(model, out_dir, layout=layout, dtype=target, max_shard_bytes=max_shard_bytes)

@@ -192,14 +192,29 @@ class ChatGLMTokenizer:
         (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
+def find_tokenizer(*candidates: str | os.PathLike | None,
+                   hint: str = "pass --tokenizer DIR (the base model's folder)") -> Path:
+    """The tokenizer file of the first candidate that has one: a ``tokenizer.model`` file, or a folder holding it.
+
+    ``None`` candidates are skipped, so callers pass ``--tokenizer`` first and
+    then the folders that may hold one (model, adapter, prefix).
+    """
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        path = Path(candidate)
+        if path.is_dir():
+            path = path / TOKENIZER_FILE
+        if path.is_file():
+            return path
+    shown = ", ".join(str(c) for c in candidates if c is not None)
+    raise TokenizerError(f"no {TOKENIZER_FILE} in {shown} (expected a SentencePiece {TOKENIZER_FILE}, or a folder "
+                         "holding one)" + (f"; {hint}" if hint else ""))
+
+
 def find_tokenizer_file(path: str | os.PathLike) -> Path:
     """``path`` itself if it is a file, else ``path/tokenizer.model``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / TOKENIZER_FILE
-    if not path.is_file():
-        raise TokenizerError(f"{path}: tokenizer file not found (expected a SentencePiece {TOKENIZER_FILE})")
-    return path
+    return find_tokenizer(path, hint="")
 
 
 def load_tokenizer(path: str | os.PathLike) -> ChatGLMTokenizer:

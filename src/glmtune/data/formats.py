@@ -222,6 +222,18 @@ def from_openai(rec: dict, ctx: _Ctx) -> Conversation:
     return Conversation(messages, tools=_openai_tools(tools) if tools else None)
 
 
+def openai_conversation(messages: list, tools: list | None = None, where: str = "request") -> Conversation:
+    """An OpenAI ``messages`` list (+ ``tools``) as a conversation, for chat requests.
+
+    Only the format is checked: unlike a training record it needs no assistant
+    message. Problems raise :class:`~glmtune.data.errors.DataError` located at ``where``.
+    """
+    record: dict = {"messages": messages}
+    if tools:
+        record["tools"] = tools
+    return from_openai(record, _Ctx(where, None, "openai"))
+
+
 def _openai_tools(tools: list) -> list:
     """OpenAI wraps each tool as {"type": "function", "function": {...}}; ChatGLM3 lists the functions."""
     return [t["function"] if isinstance(t, dict) and isinstance(t.get("function"), dict) else t for t in tools]

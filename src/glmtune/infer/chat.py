@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from ..cli import UserError
 from ..data.chat_format import TOOLS_PROMPT, build_prompt, parse_reply
 from ..data.messages import Message, ToolCall
-from .generation import generate_stream
+from .generation import generate_stream, model_device
 from .sampling import SamplingConfig, make_generator
 from .streaming import IncrementalDecoder
 
@@ -123,7 +123,7 @@ class ChatSession:
         self.history: list[Message] = list(history or [])
         config = getattr(model, "config", None)
         self.max_context = max_context or getattr(config, "max_position_embeddings", None)
-        self.generator = make_generator(self.sampling.seed, _device(model))
+        self.generator = make_generator(self.sampling.seed, model_device(model))
         self.last_prompt: list[int] = []
         self.last_reply: Reply | None = None
 
@@ -191,12 +191,6 @@ class ChatSession:
     def with_sampling(self, **changes) -> "ChatSession":
         """Same model and history, other sampling settings (for per-request options in the server)."""
         self.sampling = replace(self.sampling, **changes)
-        self.generator = make_generator(self.sampling.seed, _device(self.model))
+        self.generator = make_generator(self.sampling.seed, model_device(self.model))
         return self
 
-
-def _device(model):
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return "cpu"

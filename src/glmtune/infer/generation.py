@@ -46,7 +46,11 @@ def sampling_config(*, max_new_tokens: int = 512, do_sample: bool | None = None,
 
 
 def model_device(model) -> torch.device:
-    return next(model.parameters()).device
+    """Where ``model``'s parameters live (CPU for a stand-in without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
 
 
 def _accepts_logits_to_keep(model) -> bool:

@@ -8,32 +8,16 @@ from pathlib import Path
 from ..cli import UserError
 
 
-def pick_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def find_tokenizer(*folders) -> Path:
-    """The first of ``folders`` holding a ``tokenizer.model`` (model, then adapter/prefix folder)."""
-    for folder in folders:
-        if folder is not None and Path(folder).is_dir() and (Path(folder) / "tokenizer.model").is_file():
-            return Path(folder)
-    shown = ", ".join(str(f) for f in folders if f is not None)
-    raise UserError(f"no tokenizer.model in {shown}; pass --tokenizer DIR (the base model's folder)")
-
-
 def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None, dtype=None, device=None):
     """(model, tokenizer) ready for generation; ``--adapter`` and ``--prefix`` exclude each other."""
+    from ..devices import resolve_device
     from ..models import load_model
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import find_tokenizer, load_tokenizer
 
     if adapter and prefix:
         raise UserError("--adapter and --prefix exclude each other: a model is tuned with LoRA or with P-Tuning")
     tok = load_tokenizer(find_tokenizer(tokenizer, model_path, adapter, prefix))
-    model = load_model(model_path, dtype=dtype, device=pick_device(device), adapter=adapter, prefix=prefix)
+    model = load_model(model_path, dtype=dtype, device=resolve_device(device), adapter=adapter, prefix=prefix)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is not None and tok.vocab_size > vocab:
         raise UserError(f"tokenizer has {tok.vocab_size} ids but the model only {vocab}: "

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..data.chat_format import rendered_messages
 from ..data.errors import DataError
-from ..data.formats import FORMATS, _Ctx
+from ..data.formats import openai_conversation
 from .chat import ChatError, ChatSession, Reply
 from .sampling import SamplingConfig
 
@@ -72,11 +72,8 @@ def conversation_from_request(body: dict):
     """OpenAI ``messages`` (+ ``tools``) -> ChatGLM3 messages, via the data layer's OpenAI format."""
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise RequestError("'messages' must be a non-empty list", "messages")
-    record = {"messages": body["messages"]}
-    if body.get("tools"):
-        record["tools"] = body["tools"]
     try:
-        conv = FORMATS["openai"](record, _Ctx("request", None, "openai"))
+        conv = openai_conversation(body["messages"], body.get("tools"))
     except DataError as exc:
         raise RequestError(str(exc), "messages") from None
     messages = rendered_messages(conv)
