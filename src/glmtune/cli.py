@@ -27,30 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"glmtune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"glmtune.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"glmtune.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        # Every listed module ships with glmtune: a failed import is a packaging bug and must be loud.
+        importlib.import_module(f"glmtune.commands.{name}").register(sub)
     return parser
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input, reported as ``glmtune: error: ...``."""
+    from .config import ConfigError
+    from .data.errors import DataError
     from .devices import DeviceError
+    from .methods.errors import MethodError
     from .models.convert import CheckpointError
     from .tokenizer import TokenizerError
 
-    types: list[type[BaseException]] = [UserError, CheckpointError, TokenizerError, DeviceError, FileNotFoundError]
-    for module, name in (("glmtune.data.errors", "DataError"), ("glmtune.config", "ConfigError"),
-                         ("glmtune.methods.errors", "MethodError")):
-        try:
-            types.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
+    return (UserError, CheckpointError, TokenizerError, DeviceError, DataError, ConfigError, MethodError,
+            FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
