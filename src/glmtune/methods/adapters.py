@@ -136,7 +136,9 @@ def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, *, base_path
     ``base_path_override`` is only recorded in the PEFT config (for a later
     ``save_pretrained``); the adapter's own ``base_model_name_or_path`` is ignored.
     """
-    from peft import get_peft_model, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
+
+    from .lora import base_name, wrap_peft
 
     folder = Path(adapter_dir)
     if not folder.is_dir():
@@ -149,7 +151,7 @@ def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, *, base_path
         state = convert_official_state(state, model.config, path)
     check_shapes(model, state, path)
     # PEFT records the base model's own name here; the override replaces it afterwards.
-    peft_model = get_peft_model(model, peft_config_from(cfg, official, model.__dict__.get("name_or_path")))
+    peft_model = wrap_peft(model, peft_config_from(cfg, official, base_name(model)))
     if base_path_override is not None:
         peft_model.peft_config["default"].base_model_name_or_path = str(base_path_override)
     result = set_peft_model_state_dict(peft_model, state)

@@ -8,6 +8,7 @@ loadable by plain PEFT on transformers' ``GlmForCausalLM`` as well.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -49,20 +50,41 @@ def lora_config(model: nn.Module, options: LoraOptions):
         use_dora=options.use_dora,
         bias="none",
         task_type="CAUSAL_LM",
+        base_model_name_or_path=base_name(model),
     )
+
+
+def base_name(model: nn.Module) -> str | None:
+    """The base model's path as PEFT records it (``load_model`` sets it; None for an in-memory model).
+
+    The same rule as ``peft.get_peft_model``, so the config we build already
+    holds the name PEFT would put there, and PEFT has nothing to rename or warn about.
+    """
+    return model.__dict__.get("name_or_path") or None
+
+
+def wrap_peft(model: nn.Module, config) -> nn.Module:
+    """``peft.get_peft_model`` without the deprecation noise PEFT itself causes."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        # PEFT (0.21) reads transformers 5's deprecated `is_gradient_checkpointing` property in
+        # PeftModel.__init__ (peft_model.py); glmtune's own code uses is_activation_checkpointing.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def prepare_lora(model: nn.Module, options: LoraOptions) -> nn.Module:
     """``model`` wrapped as a PEFT model; only the LoRA (and DoRA magnitude) weights train."""
-    from peft import get_peft_model
-
-    return get_peft_model(model, lora_config(model, options))
+    return wrap_peft(model, lora_config(model, options))
 
 
 def save_lora(model: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
-    # The base path is not meaningful after a move; apply_adapter ignores it (glmtune passes the base model).
-    model.save_pretrained(str(out), safe_serialization=True)
+    # The base path is recorded for people and tools, but apply_adapter ignores it (glmtune passes the base
+    # model). Embeddings are never resized, so none are saved; PEFT's "auto" would instead read the base
+    # path's config.json, which for a ChatGLM3 folder has no vocab_size, and save the whole lm_head.
+    model.save_pretrained(str(out), safe_serialization=True, save_embedding_layers=False)
     return [out / "adapter_config.json", out / "adapter_model.safetensors"]
 
 

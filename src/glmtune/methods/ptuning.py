@@ -99,6 +99,13 @@ def prefix_mask(mask: torch.Tensor, query_length: int, prefix_length: int, dtype
     return out.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
 
 
+def is_checkpointing(model: nn.Module) -> bool:
+    """Whether activation checkpointing is on, by the new name where transformers has it (>= 5)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing  # transformers < 5
+
+
 class PrefixModel(nn.Module):
     """A GLM causal LM with a trainable P-Tuning v2 prefix (see the module docstring for the contract)."""
 
@@ -155,20 +162,28 @@ class PrefixModel(nn.Module):
                 "its positional inputs); remove use_reentrant: true from gradient_checkpointing_kwargs"
             )
         kwargs["use_reentrant"] = False
-        find_glm(self.base_model)._activation_checkpointing_enable(kwargs, every_n_layers, offload)
+        glm = find_glm(self.base_model)
+        if hasattr(glm, "_activation_checkpointing_enable"):
+            glm._activation_checkpointing_enable(kwargs, every_n_layers, offload)
+        else:  # transformers < 5 has only the gradient_checkpointing_* names (every layer, no offload)
+            glm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, every_n_layers: int = 1,
                                       offload: bool = False) -> None:
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, every_n_layers, offload)
 
     def activation_checkpointing_disable(self) -> None:
-        find_glm(self.base_model).activation_checkpointing_disable()
+        glm = find_glm(self.base_model)
+        if hasattr(glm, "activation_checkpointing_disable"):
+            glm.activation_checkpointing_disable()
+        else:  # transformers < 5
+            glm.gradient_checkpointing_disable()
 
     gradient_checkpointing_disable = activation_checkpointing_disable
 
     @property
     def is_activation_checkpointing(self) -> bool:
-        return find_glm(self.base_model).is_activation_checkpointing
+        return is_checkpointing(find_glm(self.base_model))
 
     is_gradient_checkpointing = is_activation_checkpointing
 

@@ -171,6 +171,8 @@ def load_model(
         model = empty_model(config)
         load_weights(model, files, layout, target, device)
         model = _finish(model, device)
+        # As from_pretrained does: PEFT records it as the adapter's base_model_name_or_path.
+        model.name_or_path = str(folder)
     elif str(path) in SHAPES:
         model = random_model(str(path), dtype=resolve_dtype(dtype, device, None), device=device,
                              vocab_size=vocab_size, seed=seed)
