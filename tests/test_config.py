@@ -80,7 +80,7 @@ def test_wrong_type_is_rejected(tmp_path):
 
 
 def test_missing_data_file_is_found_before_loading(tmp_path):
-    with pytest.raises(ConfigError, match=r"data.val_file 'dev.jsonl' not found"):
+    with pytest.raises(ConfigError, match=r"data.val_file '\S*dev.jsonl' not found"):
         load_config(_valid(tmp_path), ["data.val_file=dev.jsonl"])
 
 
@@ -117,3 +117,70 @@ def test_metrics_match_a_hand_computed_case():
 
     bleu = math.exp(1 - 4 / 3) * (2 / 3 * 1 / 2 * 1 / 2 * 1 / 4) ** 0.25
     assert m["bleu-4"] == pytest.approx(bleu / 2, rel=1e-9)  # the empty prediction scores 0
+
+
+def test_relative_paths_resolve_where_they_were_written(tmp_path, monkeypatch):
+    folder, work = tmp_path / "configs", tmp_path / "work"
+    (folder / "data").mkdir(parents=True)
+    (work / "mine").mkdir(parents=True)
+    for path in (folder / "data" / "train.jsonl", work / "mine" / "dev.jsonl", work / "mine" / "train.jsonl"):
+        path.write_text("{}\n")
+    (folder / "ds.json").write_text('{"zero_optimization": {"stage": 2}}')
+    (folder / "c.yaml").write_text("model: {path: tiny}\ndata: {data_dir: data, train_file: train.jsonl}\n"
+                                   "training: {deepspeed: ds.json}\n")
+    monkeypatch.chdir(work)
+    cfg = load_config(folder / "c.yaml", ["data.val_file=mine/dev.jsonl"])
+    assert Path(cfg.data.data_dir) == folder / "data"  # in the file: the file's folder
+    assert cfg.data.train_file == "train.jsonl" and Path(cfg.training.deepspeed) == folder / "ds.json"
+    assert Path(cfg.data.val_file) == work / "mine" / "dev.jsonl"  # on the command line: the working directory
+    # The README's call shape: a train file given on the command line is the working directory's.
+    cfg = load_config(folder / "c.yaml", ["data.train_file=mine/train.jsonl"])
+    assert Path(cfg.data.train_file) == work / "mine" / "train.jsonl"
+    cfg = load_config(folder / "c.yaml", ["data.data_dir=mine", "data.train_file=train.jsonl"])
+    assert Path(cfg.data.data_dir) == work / "mine" and cfg.data.train_file == "train.jsonl"
+    # The official call keeps its own rule: data files against DATA_DIR (itself against the working directory).
+    (work / "official.yaml").write_text("data_config: {train_file: train.jsonl}\nmax_input_length: 8\n"
+                                        "max_output_length: 8\n")
+    official = load_config(work / "official.yaml", model_dir="tiny", data_dir="mine")
+    assert Path(official.data.data_dir) == work / "mine" and official.data.train_file == "train.jsonl"
+
+
+def test_missing_model_folder_says_glmtune_does_not_download(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.path 'THUDM/chatglm3-6b': the model folder .* does not exist\. "
+                                          r"glmtune does not download .*looks like a Hugging Face hub id"):
+        load_config(_valid(tmp_path), ["model.path=THUDM/chatglm3-6b"])
+    with pytest.raises(ConfigError, match=r"or use a named shape .*tiny"):
+        load_config(_valid(tmp_path), ["model.path=tinny"])
+
+
+def test_extra_args_are_checked_against_the_arguments_glmtune_builds(tmp_path):
+    # Seq2SeqTrainingArguments-only fields would pass a Seq2Seq check and fail after the model load.
+    for key in ("sortish_sampler", "generation_max_length"):
+        with pytest.raises(ConfigError, match=f"extra_args.{key} is not a transformers TrainingArguments field"):
+            load_config(_valid(tmp_path), [f"training.extra_args.{key}=1"])
+    with pytest.raises(ConfigError, match="set training.learning_rate instead"):
+        load_config(_valid(tmp_path), ["training.extra_args.learning_rate=0.1"])
+    # The official format may still carry them: accepted, never passed on.
+    official = {"data_config": {"train_file": "t"}, "max_input_length": 8, "max_output_length": 8,
+                "training_args": {"sortish_sampler": True, "generation_max_length": 64, "generation_num_beams": 1,
+                                  "label_smoothing_factor": 0.1}}
+    cfg = load_config(official, model_dir="m", check_files=False)
+    assert cfg.training.extra_args == {"label_smoothing_factor": 0.1}
+    with pytest.raises(ConfigError, match="generation_num_beams 4 is not supported"):
+        load_config({**official, "training_args": {"generation_num_beams": 4}}, model_dir="m", check_files=False)
+
+
+@pytest.mark.parametrize("method", ["ptuning", "lora"])
+def test_deepspeed_zero3_is_read_from_the_json_not_the_file_name(tmp_path, method):
+    (tmp_path / "ds_zero_3.json").write_text('{"zero_optimization": {"stage": 3}}')
+    (tmp_path / "zero3_but_stage2.json").write_text('{"zero_optimization": {"stage": 2}}')
+    (tmp_path / "broken.json").write_text("{stage: 3")
+    base = [f"method.name={method}"]
+    with pytest.raises(ConfigError, match=r"ds_zero_3.json: DeepSpeed ZeRO-3 .* not supported.*stage 2"):
+        load_config(_valid(tmp_path), base + [f"training.deepspeed={tmp_path / 'ds_zero_3.json'}"])
+    cfg = load_config(_valid(tmp_path), base + [f"training.deepspeed={tmp_path / 'zero3_but_stage2.json'}"])
+    assert cfg.training.deepspeed.endswith("zero3_but_stage2.json")
+    with pytest.raises(ConfigError, match=r"broken.json: not valid JSON"):
+        load_config(_valid(tmp_path), base + [f"training.deepspeed={tmp_path / 'broken.json'}"])
+    with pytest.raises(ConfigError, match=r"missing.json: cannot read the DeepSpeed config"):
+        load_config(_valid(tmp_path), base + [f"training.deepspeed={tmp_path / 'missing.json'}"])

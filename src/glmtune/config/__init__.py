@@ -51,8 +51,12 @@ def load_config(
 
     Official ChatGLM3 finetune_demo configs are recognised and converted;
     ``model_dir`` / ``data_dir`` are the official command's positional
-    arguments. Relative data files resolve against ``data.data_dir`` (default:
-    the config file's folder, or the working directory for a dict).
+    arguments. Relative paths (:func:`_resolve_paths`): written in a config
+    file, against that file's folder; given on the command line (overrides,
+    ``model_dir``/``data_dir``) or in a dict, against the working directory;
+    data files named in the file, against ``data.data_dir`` (default: the
+    file's folder). Official configs keep the demo's rule: their data files
+    resolve against DATA_DIR, everything else against the working directory.
     """
     if isinstance(path_or_dict, dict):
         data, source = path_or_dict, Source("<config dict>")
@@ -68,15 +72,92 @@ def load_config(
     data = apply_overrides(data, [], source)
     if model_dir is not None:
         data.setdefault("model", {})["path"] = str(model_dir)
+        source.overridden.add("model.path")
     if data_dir is not None:
         data.setdefault("data", {})["data_dir"] = str(data_dir)
+        source.overridden.add("data.data_dir")
     data = apply_overrides(data, list(overrides or []), source)
+    if check_files:
+        check_model_path(data, base, source)
+    _resolve_paths(data, base, source)
     _default_data_dir(data, base)
     _check_method_sections(data, source)
     cfg = build(TrainConfig, data, "", source)
     if check_files:
         check_data_files(cfg, source)
     return cfg
+
+
+# Path options resolved at load time (dotted key -> resolved against the data folder instead of the file's).
+PATH_FIELDS = {"model.path": False, "model.tokenizer": False, "training.deepspeed": False,
+               "data.data_dir": False, "data.registry_file": False,
+               **{f"data.{name}": True for name in DATA_FILE_FIELDS + ("train_files",)}}
+
+
+def _resolve_paths(data: dict, base: Path, source: Source) -> None:
+    """Make relative paths absolute by where they were written (see :func:`load_config`).
+
+    Data files from the config file stay relative: they resolve against
+    ``data.data_dir`` when read. A data file given on the command line
+    resolves against the working directory, unless ``data.data_dir`` is given
+    there too (then against it). Shape names (``model.path=tiny``) stay names.
+    """
+    cwd = Path.cwd()
+    data_dir_on_cli = "data.data_dir" in source.overridden
+    for key, is_data_file in PATH_FIELDS.items():
+        section, name = key.split(".")
+        node = data.get(section)
+        if not isinstance(node, dict) or not node.get(name):
+            continue
+        on_cli = key in source.overridden
+        if is_data_file and (not on_cli or data_dir_on_cli):
+            continue
+        if key == "model.path" and _is_shape(node[name]):
+            continue
+        root = cwd if on_cli else base
+        value = node[name]
+        node[name] = [_absolute(v, root) for v in value] if isinstance(value, list) else _absolute(value, root)
+
+
+def _absolute(value, root: Path):
+    if not isinstance(value, str) or not value:
+        return value  # the type check reports it
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else root / path)
+
+
+def _is_shape(value) -> bool:
+    from ..models import SHAPES
+
+    return isinstance(value, str) and value in SHAPES
+
+
+def check_model_path(data: dict, base: Path, source: Source) -> None:
+    """A model.path that is neither a folder nor a shape name fails now, with what to do."""
+    model = data.get("model")
+    raw = model.get("path") if isinstance(model, dict) else None
+    if not isinstance(raw, str) or not raw or _is_shape(raw):
+        return
+    root = Path.cwd() if "model.path" in source.overridden else base
+    folder = Path(raw).expanduser()
+    folder = folder if folder.is_absolute() else root / folder
+    if not folder.is_dir():
+        raise ConfigError(f"{source.where('model.path')}: {missing_model_message(raw, folder)}")
+
+
+def missing_model_message(raw: str, folder: Path) -> str:
+    """Why a model.path is unusable and what to do (shared with the training run's own check)."""
+    from ..models import SHAPES
+
+    text = f"model.path {raw!r}: the model folder {folder} does not exist. glmtune does not download models: " \
+           "point model.path at a local folder holding the checkpoint (config.json, weights, tokenizer.model)"
+    parts = raw.split("/")
+    if len(parts) == 2 and all(parts) and not raw.startswith((".", "~")) and not Path(raw).is_absolute():
+        text += (f"; {raw!r} looks like a Hugging Face hub id: download it first "
+                 f"(e.g. `huggingface-cli download {raw} --local-dir models/{parts[1]}`)")
+    elif "/" not in raw and "\\" not in raw:
+        text += f", or use a named shape for random weights ({', '.join(SHAPES)})"
+    return text
 
 
 def _check_method_sections(data: dict, source: Source) -> None:

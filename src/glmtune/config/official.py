@@ -58,6 +58,9 @@ IGNORED_TRAINING_ARGS = {
     "overwrite_output_dir": "see output.if_exists (an existing run is never silently overwritten)",
     "report_to": "TensorBoard is used when installed (training.tensorboard)",
     "logging_dir": "TensorBoard logs go to OUTPUT/runs",
+    # Seq2SeqTrainingArguments-only fields: never passed on (glmtune builds plain TrainingArguments).
+    "sortish_sampler": "batches follow the shuffled data order (and packing)",
+    "generation_max_length": "answers are bounded by generation_config.max_new_tokens (evaluation.max_new_tokens)",
 }
 PEFT_TYPES = {"LORA": "lora", "PREFIX_TUNING": "ptuning", "P_TUNING": "ptuning"}
 LORA_MAP = {"r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target",
@@ -115,11 +118,9 @@ def _data_section(data: dict, out: dict, source: Source) -> None:
 
 
 def _training_args(args: dict, out: dict, source: Source) -> None:
-    from dataclasses import fields
+    from .schema import extra_args_fields
 
-    from transformers import Seq2SeqTrainingArguments
-
-    hf_fields = [f.name for f in fields(Seq2SeqTrainingArguments) if f.init]
+    hf_fields = extra_args_fields()
     for key, value in args.items():
         where = source.where(f"training_args.{key}")
         if key in TRAINING_ARGS_MAP:
@@ -136,6 +137,10 @@ def _training_args(args: dict, out: dict, source: Source) -> None:
                 raise ConfigError(f"{where}: save_strategy {value!r} is not supported; use steps, epoch or no")
         elif key == "generation_config":
             _generation_config(value, out, where)
+        elif key == "generation_num_beams":
+            if value not in (None, 1):
+                raise ConfigError(f"{where}: generation_num_beams {value!r} is not supported; training evaluation "
+                                  "decodes greedily (1)")
         elif key == "use_cpu":
             if value:
                 _set(out, "model.device", "cpu")
@@ -145,7 +150,7 @@ def _training_args(args: dict, out: dict, source: Source) -> None:
         elif key in hf_fields:
             out.setdefault("training", {}).setdefault("extra_args", {})[key] = value
         else:
-            raise ConfigError(f"{where}: training_args.{key} is not a Seq2SeqTrainingArguments field; "
+            raise ConfigError(f"{where}: training_args.{key} is not a TrainingArguments field glmtune can use; "
                               f"{closest(key, hf_fields + ['evaluation_strategy'])}check the spelling")
 
 

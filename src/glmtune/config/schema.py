@@ -124,11 +124,14 @@ class TrainingConfig:
     dataloader_num_workers: int = 0
     """Worker processes that build batches (0 = in the training process)."""
     deepspeed: str | None = None
-    """DeepSpeed JSON config path, passed to the Trainer as is."""
+    """DeepSpeed JSON config path (relative: to the config file's folder; on the command line: to the working
+    directory). ZeRO-3 partitions the weights only once DeepSpeed starts: each rank first loads the whole
+    model into CPU memory (glmtune does not build it partitioned)."""
     tensorboard: bool = True
     """Write TensorBoard logs under OUTPUT/runs when tensorboard is installed."""
     extra_args: dict = field(default_factory=dict)
-    """Other ``transformers.TrainingArguments`` fields, passed through (checked by name)."""
+    """Other ``transformers.TrainingArguments`` fields, passed through (checked by name against that class,
+    not ``Seq2SeqTrainingArguments``: its generation fields would fail only after the model load)."""
 
     def __post_init__(self):
         _positive(self, ("learning_rate", "batch_size", "gradient_accumulation_steps", "logging_steps"))
@@ -218,8 +221,36 @@ class TrainConfig:
     def __post_init__(self):
         if self.training.resume is not None and self.output.if_exists == "overwrite":
             raise ConfigError("training.resume and output.if_exists=overwrite contradict each other; drop one")
-        if self.method.name == "ptuning" and self.training.deepspeed and "zero3" in self.training.deepspeed.lower():
-            raise ConfigError("P-Tuning v2 with DeepSpeed ZeRO-3 is not supported; use ZeRO-2 (ds_zero_2.json)")
+        if self.training.deepspeed and deepspeed_stage(self.training.deepspeed) == 3:
+            # Refused, not half-supported: the model is built whole on every rank (no zero.Init), and the
+            # methods save, resume and evaluate from in-memory parameters that ZeRO-3 would leave as empty
+            # partitions (an adapter of empty tensors); P-Tuning's prefix would not even be gathered.
+            raise ConfigError(
+                f"training.deepspeed {self.training.deepspeed}: DeepSpeed ZeRO-3 (zero_optimization.stage 3) is "
+                "not supported: glmtune loads the whole model on every GPU and saves from unpartitioned weights. "
+                "Use a stage 2 config (ds_zero_2.json: optimizer state and gradients sharded)"
+            )
+
+
+def deepspeed_stage(path: str) -> int:
+    """``zero_optimization.stage`` of a DeepSpeed JSON config (0 when it has none)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ConfigError(f"training.deepspeed {path}: cannot read the DeepSpeed config ({exc.strerror}); "
+                          "fix the path (relative paths: the config file's folder, or the working "
+                          "directory for command-line overrides)") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"training.deepspeed {path}: not valid JSON ({exc})") from None
+    zero = data.get("zero_optimization", {}) if isinstance(data, dict) else None
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    if not isinstance(stage, int) or isinstance(stage, bool):
+        raise ConfigError(f"training.deepspeed {path}: zero_optimization.stage must be 0, 1, 2 or 3, "
+                          f"got {stage!r}")
+    return stage
 
 
 def _positive(obj, names) -> None:
@@ -238,15 +269,23 @@ def _section(obj) -> str:
     return {"TrainingConfig": "training", "EvaluationConfig": "evaluation"}.get(type(obj).__name__, "config")
 
 
+def extra_args_fields() -> list[str]:
+    """What ``training.extra_args`` may set: ``transformers.TrainingArguments`` fields (the class we build)."""
+    from transformers import TrainingArguments
+
+    return [f.name for f in fields(TrainingArguments) if f.init]
+
+
 def _check_extra_args(extra: dict) -> None:
     if not extra:
         return
-    from transformers import Seq2SeqTrainingArguments
-
+    from .official import TRAINING_ARGS_MAP
     from .parse import closest
 
-    known = [f.name for f in fields(Seq2SeqTrainingArguments) if f.init]
+    known = extra_args_fields()
     for key in extra:
+        if key in TRAINING_ARGS_MAP:
+            raise ConfigError(f"training.extra_args.{key} is a glmtune option: set {TRAINING_ARGS_MAP[key]} instead")
         if key not in known:
             raise ConfigError(f"training.extra_args.{key} is not a transformers TrainingArguments field; "
-                              f"{closest(key, known)}see `transformers.Seq2SeqTrainingArguments`")
+                              f"{closest(key, known)}see `transformers.TrainingArguments`")
