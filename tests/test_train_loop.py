@@ -128,6 +128,7 @@ class _InterruptAt(TrainerCallback):
 @pytest.mark.parametrize("method,options", [
     ("lora", {}),
     ("ptuning", {"method.ptuning.num_virtual_tokens": 4}),
+    ("freeze", {"method.freeze.trainable_layers": 1, "training.learning_rate": 1e-3}),
 ])
 def test_resume_after_interrupt_matches_straight_run(workdir, tmp_path, method, options):
     common = {"training.max_steps": 10, "training.save_steps": 5, "training.lr_scheduler": "cosine",
@@ -178,6 +179,28 @@ def test_existing_run_is_refused_and_partial_checkpoints_ignored(workdir, tmp_pa
     assert resolve_resume("yes", out).name == "checkpoint-2"
 
 
+def test_run_that_failed_at_model_load_can_be_started_again(workdir, tmp_path):
+    from glmtune.train.layout import has_run
+
+    out = tmp_path / "out"
+    # A folder with a tokenizer but no checkpoint: the data step passes, the model load fails.
+    broken = _cfg(workdir, out, **{"model.path": str(workdir / "tok"), "model.tokenizer": ""})
+    with pytest.raises(Exception):
+        run_training(broken, quiet=True)
+    assert (out / "config.yaml").is_file() and not has_run(out)
+    result = run_training(_cfg(workdir, out, **{"training.max_steps": 1}), quiet=True)
+    assert result.final_dir is not None and has_run(out)
+
+
+def test_bad_training_arguments_fail_before_anything_is_written(workdir, tmp_path):
+    out = tmp_path / "out"
+    # A real TrainingArguments field with a value transformers refuses: caught before the folder or model.
+    with pytest.raises(ConfigError, match="inconsistent for transformers"):
+        run_training(_cfg(workdir, out, **{"training.extra_args": "{load_best_model_at_end: true}",
+                                            "training.save_steps": 2}), quiet=True)
+    assert not out.exists()
+
+
 def test_nonfinite_loss_stops_with_step_and_cause(workdir, tmp_path):
     cfg = _cfg(workdir, tmp_path / "out", **{"training.learning_rate": 1e6, "training.max_grad_norm": 0,
                                               "method.lora.r": 8})
@@ -213,9 +236,19 @@ def test_official_yaml_runs_unchanged_on_the_fixture_model(tmp_path, peft, monke
     out = tmp_path / "output"
     assert (out / "checkpoint-2" / "trainer_state.json").is_file() and (out / "final").is_dir()
     metrics = json.loads((out / "test" / "metrics.json").read_text())
-    assert metrics["samples"] == 8 and set(metrics) >= {"rouge-1", "rouge-2", "rouge-l", "bleu-4"}
+    assert metrics["num_samples"] == 8 and set(metrics) >= {"rouge-1", "rouge-2", "rouge-l", "bleu-4"}
     assert len((out / "test" / "predictions.jsonl").read_text().splitlines()) == 8
     log = [json.loads(x) for x in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert any("eval_loss" in r for r in log) and any("eval_rouge-1" in r for r in log)
+    # glmtune eval on the trained result and the same data and settings scores exactly what training did.
+    tuned = ["--adapter" if "LORA" in peft else "--prefix", str(out / "final")]
+    assert main(["eval", "--model", str(TINY), *tuned, "--data", str(data / "dev.json"), "--max-new-tokens", "4",
+                 "--max-input-length", "16", "--batch-size", "4", "--device", "cpu", "--out", "cli-eval"]) == 0
+    cli = json.loads((tmp_path / "cli-eval" / "metrics.json").read_text())
+    assert {k: cli[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")} == \
+        {k: metrics[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")}
+    train_rows = [json.loads(x)["prediction"] for x in (out / "test" / "predictions.jsonl").read_text().splitlines()]
+    cli_rows = [json.loads(x)["prediction"] for x in (tmp_path / "cli-eval" / "predictions.jsonl").read_text().splitlines()]
+    assert train_rows == cli_rows
     # The same command with "yes" resumes (nothing left to do) instead of refusing the existing run.
     assert main(["train", str(data), str(TINY), "cfg.yaml", "yes", "--quiet"]) == 0

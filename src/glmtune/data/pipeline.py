@@ -1,4 +1,4 @@
-"""``prepare_splits``: config -> train/validation/test datasets + report (+ prompts for generation eval)."""
+"""``prepare_splits``: config -> train/validation/test datasets + report (+ conversations for generation eval)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cache
-from .chat_format import build_prompt, render_message
 from .config import DataConfig
 from .convert import convert_record, resolve_format
 from .dataset import EncodedDataset
@@ -58,32 +57,6 @@ def conversations(sources: list[Source], cfg: DataConfig) -> list[Conversation]:
     return out
 
 
-def _truncate_prompt(ids: list[int], limit: int | None, keep: int) -> list[int]:
-    # Keep [gMASK] sop and the most recent context: cutting the end would cut the question itself.
-    if limit is None or len(ids) <= limit:
-        return ids
-    return ids[:keep] + ids[len(ids) - (limit - keep):]
-
-
-def eval_prompts_of(convs: list[Conversation], tokenizer, max_input_length: int | None) -> list[tuple[list[int], str]]:
-    """(prompt ids, reference text) for every learned assistant turn (official ``process_batch_eval``)."""
-    keep = len(tokenizer.prefix_ids())
-    out = []
-    for conv in convs:
-        if conv.kind == "base":
-            # Cut like the training context (official: the end of the context goes).
-            ids = build_prompt(conv, tokenizer)
-            out.append((ids[:max_input_length] if max_input_length else ids, conv.messages[1].content))
-            continue
-        for i, message in enumerate(conv.messages):
-            if message.role == "assistant" and message.learned:
-                prefix = Conversation(conv.messages[:i], tools=conv.tools)
-                ids = _truncate_prompt(build_prompt(prefix, tokenizer), max_input_length, keep)
-                metadata, content = render_message(message)
-                out.append((ids, f"{metadata}\n{content}" if metadata else content))
-    return out
-
-
 @dataclass
 class Splits:
     """Encoded splits ready for a Trainer, plus their report."""
@@ -107,8 +80,15 @@ class Splits:
         return conversations(self.sources.get(split, []), self.cfg)
 
     def eval_prompts(self, split: str = "validation") -> list[tuple[list[int], str]]:
-        """(prompt_ids ending with ``<|assistant|>``, reference text) per learned assistant turn."""
-        return eval_prompts_of(self.conversations(split), self.tokenizer, self.cfg.max_input_length)
+        """(prompt_ids ending with ``<|assistant|>``, reference text) per learned assistant turn.
+
+        The samples of ``glmtune eval`` and of training's generation evaluation
+        (one implementation: :func:`glmtune.infer.evaluate.conversation_samples`).
+        """
+        from ..infer.evaluate import conversation_samples
+
+        return [(s.prompt, s.reference) for conv in self.conversations(split)
+                for s in conversation_samples(conv, self.tokenizer, self.cfg.max_input_length)]
 
 
 def prepare_splits(cfg: DataConfig, tokenizer, *, base_dir: str | Path | None = None) -> Splits:
@@ -148,4 +128,4 @@ def prepare_splits(cfg: DataConfig, tokenizer, *, base_dir: str | Path | None = 
     return Splits(datasets["train"], datasets["validation"], datasets["test"], report, cfg, tokenizer, sources)
 
 
-__all__ = ["Splits", "prepare_splits", "split_sources", "conversations", "eval_prompts_of"]
+__all__ = ["Splits", "prepare_splits", "split_sources", "conversations"]

@@ -17,6 +17,8 @@ _SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_s
 class JsonlLogCallback(TrainerCallback):
     """Append one JSON line per log event to ``trainer_log.jsonl``, with real tokens/s.
 
+    Only the world process zero writes (every process keeps ``last_loss``).
+
     tokens/s counts non-padding tokens only (``GlmTrainer.real_tokens``), over
     the wall time since the previous log event, so it shows the current speed.
     """
@@ -32,11 +34,12 @@ class JsonlLogCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.perf_counter()
         self._last_tokens = self.trainer.real_tokens if self.trainer else 0
-        # On resume, drop log lines past the checkpoint step: they belong to the lost tail of the old run.
-        if self.path.is_file() and state.global_step:
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        if not state.is_world_process_zero or not self.path.is_file():
+            return  # one process writes the log
+        # Drop lines past the starting step: a resume replays them, and a fresh start owns an empty log.
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and state.global_step and json.loads(line).get("step", 0) <= state.global_step]
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
@@ -52,6 +55,8 @@ class JsonlLogCallback(TrainerCallback):
             self._last_time, self._last_tokens = now, self.trainer.real_tokens
             self.last_loss = float(logs["loss"])
         record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
+        if not state.is_world_process_zero:
+            return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
@@ -65,7 +70,7 @@ class ProgressCallback(TrainerCallback):
         self.bar = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.enabled:
+        if self.enabled and state.is_world_process_zero:  # one bar, not one per process
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",

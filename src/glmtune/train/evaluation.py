@@ -1,54 +1,54 @@
-"""Generation-based evaluation: prompts from encoded samples, greedy answers, official metrics.
+"""Generation-based evaluation during and after training: exactly what ``glmtune eval`` does.
 
-As the official demo (``process_batch_eval``), every learned assistant turn
-gives one (prompt, reference) pair (``Splits.eval_prompts``): the prompt is
-everything before the turn, ending with ``<|assistant|>``. Answers are
-generated greedily, left-padded in batches, with the chat stop tokens.
-Predictions go to ``predictions.jsonl`` and scores to ``metrics.json`` in
+Samples, generation and scoring are :mod:`glmtune.infer.evaluate`'s (one
+implementation, so ``OUTPUT/test/metrics.json`` equals ``glmtune eval`` on
+the same model and data): every learned assistant turn is one sample (the
+official demo's ``process_batch_eval``), prompts over ``max_input_length``
+keep ``[gMASK] sop`` and their last tokens, answers are greedy, and replies
+are parsed (``parse_reply``) so a tool call is scored as the reference renders
+it. Predictions go to ``predictions.jsonl`` and scores to ``metrics.json`` in
 ``OUTPUT/eval/step-N/`` (validation) or ``OUTPUT/test/``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..metrics import compute_metrics
-from .trainer import write_json
 
 @dataclass
 class GenerationEval:
-    """Generate for a bounded set of prompts and score them; one instance per split."""
+    """Generate for a bounded set of conversations and score them; one instance per split."""
 
-    pairs: list[tuple[list[int], str]]
+    conversations: list
+    """``glmtune.data.messages.Conversation`` objects of the split."""
     tokenizer: object
     out_dir: Path
-    max_new_tokens: int = 512
-    batch_size: int = 8
+    settings: object
+    """``glmtune.infer.evaluate.EvalSettings`` (batch size, max_new_tokens, max_input_length, max_samples)."""
+    write: bool = True
+    """Write predictions and metrics (the world process zero only; every process generates the same)."""
 
     def run(self, model, name: str) -> dict[str, float]:
-        """Scores of ``model`` on the pairs; predictions and metrics written under ``out_dir/name``."""
-        from ..infer.generation import generate_batch
+        """Scores of ``model``; predictions and metrics written under ``out_dir/name``."""
+        from ..infer.evaluate import evaluate, write_results
 
-        if not self.pairs:
+        if not self.conversations:
             return {}
         started = time.perf_counter()
-        predictions: list[str] = []
-        for i in range(0, len(self.pairs), self.batch_size):
-            prompts = [p for p, _ in self.pairs[i:i + self.batch_size]]
-            outputs = generate_batch(model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens)
-            predictions += [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
-        references = [r for _, r in self.pairs]
-        scores = compute_metrics(predictions, references)
-        folder = self.out_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / "predictions.jsonl").open("w", encoding="utf-8") as f:
-            for (prompt, reference), prediction in zip(self.pairs, predictions):
-                prompt_text = self.tokenizer.decode(prompt)
-                f.write(json.dumps({"prompt": prompt_text, "reference": reference, "prediction": prediction},
-                                   ensure_ascii=False) + "\n")
-        summary = {**scores, "samples": len(predictions), "seconds": round(time.perf_counter() - started, 2)}
-        write_json(folder / "metrics.json", summary)
-        return scores
+        result = evaluate(model, self.tokenizer, self.conversations, self.settings)
+        if not result.num_samples:
+            return {}
+        if self.write:
+            write_results(result, self.out_dir / name, {"seconds": round(time.perf_counter() - started, 2)})
+        return result.metrics
+
+
+def eval_settings(cfg, max_samples: int | None):
+    """The evaluation settings of a training config (the same fields ``glmtune eval`` takes as flags)."""
+    from ..infer.evaluate import EvalSettings
+
+    return EvalSettings(batch_size=cfg.evaluation.batch_size or cfg.training.batch_size,
+                        max_new_tokens=cfg.evaluation.max_new_tokens, max_input_length=cfg.data.max_input_length,
+                        max_samples=max_samples)

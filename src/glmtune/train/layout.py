@@ -39,7 +39,8 @@ TMP_PREFIX = ".tmp-"
 # A complete checkpoint always holds this file: HF writes it last, and we rename after it.
 STATE_FILE = "trainer_state.json"
 RESUME_LATEST = ("auto", "yes", "latest", "true")
-RUN_FILES = ("config.yaml", "trainer_log.jsonl", "final")
+LOG_FILE = "trainer_log.jsonl"
+FINAL_DIR = "final"
 
 
 def checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
@@ -55,12 +56,18 @@ def checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def has_run(output_dir: Path) -> bool:
-    """Whether ``output_dir`` holds (part of) an earlier run."""
+    """Whether ``output_dir`` holds results of an earlier run worth protecting.
+
+    That is: a complete checkpoint, a ``final/`` result, or a non-empty training
+    log. ``config.yaml`` and ``data_report.json`` alone are not a run: they are
+    written before the model loads, and a run that failed there (wrong path, no
+    memory) must not block the corrected command in the same folder.
+    """
     if not output_dir.is_dir():
         return False
-    return any((output_dir / name).exists() for name in RUN_FILES) or any(
-        CHECKPOINT_RE.match(p.name) for p in output_dir.iterdir()
-    )
+    log = output_dir / LOG_FILE
+    return (bool(checkpoints(output_dir)) or (output_dir / FINAL_DIR).is_dir()
+            or (log.is_file() and log.stat().st_size > 0))
 
 
 def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:

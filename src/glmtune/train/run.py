@@ -1,7 +1,9 @@
 """``run_training(cfg)``: config in, trained result and run folder out (layout: :mod:`.layout`).
 
-Order matters for the user's time: the output policy, the tokenizer and the
-data are checked before the (possibly 12 GB) model is loaded.
+Order matters for the user's time: the Trainer's arguments, the output
+policy, the tokenizer and the data are checked before the (possibly 12 GB)
+model is loaded. Under torchrun each process loads the model on its own
+device (``args.device``), and only the world process zero writes files.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from pathlib import Path
 
 from ..config import ConfigError, TrainConfig, save_config
 from .callbacks import JsonlLogCallback, ProgressCallback, StopOnSignalCallback
-from .evaluation import GenerationEval
-from .layout import TMP_PREFIX, commit_folder, prepare_output
+from .evaluation import GenerationEval, eval_settings
+from .layout import FINAL_DIR, LOG_FILE, TMP_PREFIX, commit_folder, prepare_output
 from .plots import plot_losses
-from .setup import Precision, cast_trainable_to_fp32, resolve_precision, training_arguments
+from .setup import Precision, cast_trainable_to_fp32, resolve_precision, training_arguments, weights_device
 from .trainer import GlmTrainer, write_json
 
 
@@ -48,12 +50,16 @@ def _say(message: str, quiet: bool) -> None:
 
 def load_inputs(cfg: TrainConfig, quiet: bool):
     """Tokenizer and encoded splits (fails on bad data before any model is loaded)."""
+    from ..config import missing_model_message
     from ..data import prepare_splits
+    from ..models import SHAPES
     from ..tokenizer import load_tokenizer
 
+    if cfg.model.path not in SHAPES and not Path(cfg.model.path).is_dir():
+        raise ConfigError(missing_model_message(cfg.model.path, Path(cfg.model.path).absolute()))
     tokenizer_path = cfg.model.tokenizer or cfg.model.path
     if not Path(tokenizer_path).exists():
-        raise ConfigError(f"model.path {cfg.model.path!r} is a shape name with no tokenizer; "
+        raise ConfigError(f"model.path {cfg.model.path!r} is a named shape (random weights) and has no tokenizer; "
                           "set model.tokenizer to a folder holding tokenizer.model")
     tokenizer = load_tokenizer(tokenizer_path)
     splits = prepare_splits(cfg.data, tokenizer, base_dir=cfg.data.data_dir)
@@ -64,13 +70,13 @@ def load_inputs(cfg: TrainConfig, quiet: bool):
     return tokenizer, splits
 
 
-def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer):
-    """The base model prepared by the method, trainable weights in fp32, checkpointing on if asked."""
+def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str):
+    """The base model on ``device``, prepared by the method, trainable weights in fp32, checkpointing on if asked."""
     from ..methods import prepare
     from ..models import SHAPES, load_model
 
     vocab = tokenizer.vocab_size if cfg.model.path in SHAPES else None
-    model = load_model(cfg.model.path, dtype=precision.storage, device=precision.device,
+    model = load_model(cfg.model.path, dtype=precision.storage, device=device,
                        vocab_size=vocab, seed=cfg.training.seed)
     model.config.use_cache = False  # no KV cache in training: it only costs memory
     prepared = prepare(model, cfg.method.name, cfg.method.options)
@@ -81,19 +87,24 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer):
     return prepared
 
 
-def build_trainer(cfg: TrainConfig, prepared, tokenizer, splits, precision: Precision, out: Path):
+def _may_evaluate(cfg: TrainConfig) -> bool:
+    return bool(cfg.data.val_file) and cfg.evaluation.strategy != "no"
+
+
+def build_trainer(cfg: TrainConfig, prepared, tokenizer, splits, precision: Precision, out: Path, args):
+    """The Trainer; ``args`` (built before the model load) is rebuilt only if validation turned out empty."""
     from ..data import make_collator, training_dataset
 
     validation = splits.validation
     if validation is not None and cfg.evaluation.max_eval_samples:
         validation = validation.select(range(min(len(validation), cfg.evaluation.max_eval_samples)))
     has_eval = validation is not None and len(validation) > 0 and cfg.evaluation.strategy != "no"
-    args = training_arguments(cfg, precision, str(out), has_eval)
+    if has_eval != _may_evaluate(cfg):
+        args = training_arguments(cfg, precision, str(out), has_eval)
     generation = None
     if has_eval and cfg.evaluation.generate and cfg.evaluation.max_samples > 0:
-        pairs = splits.eval_prompts("validation")[: cfg.evaluation.max_samples]
-        generation = GenerationEval(pairs, tokenizer, out / "eval", cfg.evaluation.max_new_tokens,
-                                    cfg.evaluation.batch_size or cfg.training.batch_size)
+        generation = GenerationEval(splits.conversations("validation"), tokenizer, out / "eval",
+                                    eval_settings(cfg, cfg.evaluation.max_samples), write=args.should_save)
     trainer = GlmTrainer(
         model=prepared.model,
         args=args,
@@ -111,11 +122,37 @@ def _attach_callbacks(trainer: GlmTrainer, out: Path, quiet: bool):
 
     for cb in (PrinterCallback, HFProgress):
         trainer.remove_callback(cb)
-    log = JsonlLogCallback(out / "trainer_log.jsonl", trainer)
+    log = JsonlLogCallback(out / LOG_FILE, trainer)
     stopper = StopOnSignalCallback()
     for cb in (log, ProgressCallback(log, enabled=not quiet), stopper):
         trainer.add_callback(cb)
     return log, stopper
+
+
+def _prepare_run(cfg: TrainConfig, quiet: bool):
+    """Arguments, run folder, data and model, in that order (cheap checks before the model load).
+
+    Under torchrun every process runs this; the world process zero applies the
+    output policy first (it may delete a run), the local main builds the data
+    cache first, and only the world process zero writes files.
+    """
+    out = Path(cfg.output.dir)
+    precision = resolve_precision(cfg)
+    args = training_arguments(cfg, precision, str(out), _may_evaluate(cfg))
+    quiet = quiet or not args.should_save
+    with args.main_process_first(local=False, desc="output folder"):
+        resume_from = prepare_output(out, cfg.output.if_exists, cfg.training.resume)
+    with args.main_process_first(desc="data preparation"):
+        tokenizer, splits = load_inputs(cfg, quiet)
+    if args.should_save:
+        save_config(cfg, out / "config.yaml")
+        write_json(out / "data_report.json", splits.report.to_dict())
+    prepared = load_prepared(cfg, precision, tokenizer, weights_device(precision, args))
+    from ..methods import format_parameter_counts
+    _say(f"{cfg.method.name}: {format_parameter_counts(prepared.model)}", quiet)
+    _say(f"device {args.device}, compute {precision.compute}, frozen weights {precision.storage}", quiet)
+    trainer = build_trainer(cfg, prepared, tokenizer, splits, precision, out, args)
+    return trainer, prepared, tokenizer, splits, resume_from, quiet
 
 
 def run_training(cfg: TrainConfig, *, quiet: bool = False, callbacks: list | None = None) -> TrainResult:
@@ -127,18 +164,10 @@ def run_training(cfg: TrainConfig, *, quiet: bool = False, callbacks: list | Non
     loss stops being finite.
     """
     out = Path(cfg.output.dir)
-    resume_from = prepare_output(out, cfg.output.if_exists, cfg.training.resume)
-    tokenizer, splits = load_inputs(cfg, quiet)
-    save_config(cfg, out / "config.yaml")
-    write_json(out / "data_report.json", splits.report.to_dict())
-    precision = resolve_precision(cfg)
-    prepared = load_prepared(cfg, precision, tokenizer)
-    from ..methods import format_parameter_counts, trainable_parameter_counts
+    trainer, prepared, tokenizer, splits, resume_from, quiet = _prepare_run(cfg, quiet)
+    from ..methods import trainable_parameter_counts
 
     trainable, total = trainable_parameter_counts(prepared.model)
-    _say(f"{cfg.method.name}: {format_parameter_counts(prepared.model)}", quiet)
-    _say(f"device {precision.device}, compute {precision.compute}, frozen weights {precision.storage}", quiet)
-    trainer = build_trainer(cfg, prepared, tokenizer, splits, precision, out)
     for callback in callbacks or []:
         trainer.add_callback(callback)  # before ours: a stop they request is seen at the same step
     log, stopper = _attach_callbacks(trainer, out, quiet)
@@ -160,21 +189,24 @@ def run_training(cfg: TrainConfig, *, quiet: bool = False, callbacks: list | Non
         result.final_dir = _save_final(trainer, prepared, tokenizer, out)
         _say(f"saved {cfg.method.name} result to {result.final_dir}", quiet)
         result.metrics.update(_test_metrics(cfg, trainer, splits, tokenizer, out))
-    if cfg.output.plots:
+    if cfg.output.plots and trainer.args.should_save:
         plot_losses(out)
     return result
 
 
 def _save_final(trainer: GlmTrainer, prepared, tokenizer, out: Path) -> Path:
-    tmp, final = out / f"{TMP_PREFIX}final", out / "final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    prepared.save(tmp)
-    tokenizer.save_pretrained(tmp)
-    if prepared.method == "full":
-        from ..models import write_generation_config
+    tmp, final = out / f"{TMP_PREFIX}{FINAL_DIR}", out / FINAL_DIR
+    if trainer.args.should_save:
+        shutil.rmtree(tmp, ignore_errors=True)
+        prepared.save(tmp)
+        tokenizer.save_pretrained(tmp)
+        if prepared.method == "full":
+            from ..models import write_generation_config
 
-        write_generation_config(tmp, tokenizer)
-    return commit_folder(tmp, final)
+            write_generation_config(tmp, tokenizer)
+        commit_folder(tmp, final)
+    trainer.accelerator.wait_for_everyone()  # no process goes on (test eval, exit) before final/ exists
+    return final
 
 
 def _last_eval(trainer: GlmTrainer) -> dict:
@@ -187,11 +219,8 @@ def _last_eval(trainer: GlmTrainer) -> dict:
 def _test_metrics(cfg: TrainConfig, trainer: GlmTrainer, splits, tokenizer, out: Path) -> dict:
     if splits.test is None or not cfg.evaluation.generate:
         return {}
-    pairs = splits.eval_prompts("test")
-    if cfg.evaluation.max_test_samples is not None:
-        pairs = pairs[: cfg.evaluation.max_test_samples]
-    generation = GenerationEval(pairs, tokenizer, out, cfg.evaluation.max_new_tokens,
-                                cfg.evaluation.batch_size or cfg.training.batch_size)
+    generation = GenerationEval(splits.conversations("test"), tokenizer, out,
+                                eval_settings(cfg, cfg.evaluation.max_test_samples), write=trainer.args.should_save)
     scores = generation.run(trainer.model, "test")
     return {f"test_{k}": v for k, v in scores.items()}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,13 +23,30 @@ class Precision:
 
 
 def resolve_device(device: str) -> str:
-    if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"model.device={device} but no CUDA GPU is visible; use model.device=cpu or auto")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
+    """The device of this process: under torchrun, ``auto``/``cuda`` is the rank's own GPU (``LOCAL_RANK``)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device={device} but no CUDA GPU is visible; use model.device=cpu or auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        # Each torchrun process owns one GPU; plain "cuda" would put every rank's model on GPU 0.
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
+def weights_device(precision: Precision, args) -> str:
+    """Where the model is loaded: the device the Trainer will run this process on (``args.device``).
+
+    The Trainer moves the model to ``args.device`` anyway; loading it there
+    directly avoids a second copy, and catches a ``model.device`` it would not honour.
+    """
+    if not precision.device.startswith("cuda"):
+        return precision.device
+    wanted = torch.device(precision.device)
+    if wanted.index is not None and wanted != args.device:
+        raise ConfigError(f"model.device={precision.device}, but this process trains on {args.device} (the "
+                          "Trainer's device); to pick a GPU, set CUDA_VISIBLE_DEVICES and use model.device=cuda")
+    return str(args.device)
 
 
 def resolve_precision(cfg: TrainConfig) -> Precision:
@@ -65,7 +83,12 @@ def tensorboard_available() -> bool:
 
 
 def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, has_eval: bool):
-    """``Seq2SeqTrainingArguments`` for the run (the Trainer's own argument object)."""
+    """``TrainingArguments`` for the run (the Trainer's own argument object).
+
+    Built before the model is loaded: it checks the options against
+    transformers, and sets up the process group under torchrun, so that the
+    run knows each process's device and which process writes files.
+    """
     from transformers import TrainingArguments
 
     t, e = cfg.training, cfg.evaluation

@@ -19,20 +19,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import Trainer
-from transformers.trainer_utils import rotate_checkpoints
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 
-from .layout import STATE_FILE, TMP_PREFIX, commit_folder
+from .layout import STATE_FILE as TRAINER_STATE_NAME
+from .layout import TMP_PREFIX, commit_folder
 from .loss import answer_only_loss, find_lm_head
-
-TRAINABLE_FILE = "trainable_state.safetensors"
-# Keep an exact fp32 copy of trained parameters in checkpoints when they are small next to the model:
-# resume is then bit-exact whatever format (and dtype) the method exports.
-EXACT_COPY_MAX_FRACTION = 0.2
 
 
 class TrainingError(RuntimeError):
@@ -104,55 +101,66 @@ class GlmTrainer(Trainer):
         self.prepared.save(output_dir)
 
     def _save_checkpoint(self, model, trial) -> None:
-        """HF's checkpoint (weights, optimizer, scheduler, scaler, RNG, state), written atomically."""
-        run_dir = Path(self.args.output_dir)
-        name = f"checkpoint-{self.state.global_step}"
-        tmp = run_dir / f"{TMP_PREFIX}{name}"
-        if self.args.should_save:
-            import shutil
+        """HF's ``_save_checkpoint`` (same files and bookkeeping), written to a temporary folder and renamed.
 
-            shutil.rmtree(tmp, ignore_errors=True)
-        self.store_flos()
-        self.save_model(str(tmp), _internal_call=True)
+        Every process writes into the temporary folder (its RNG state, DeepSpeed
+        shards); the world process zero renames it only after all of them are
+        done (a barrier on each side), so a ``checkpoint-N`` is never missing a rank's files.
+        """
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        tmp, final = run_dir / f"{TMP_PREFIX}{name}", run_dir / name
         if self.args.should_save:
-            self._save_trainable_copy(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)  # a crash's leftover of the same step
+        self.accelerator.wait_for_everyone()  # nobody writes before the old leftover is gone
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        self.save_model(str(tmp), _internal_call=True)
+        self._note_best_checkpoint(run_dir)
         if not self.args.save_only_model:
             self._save_optimizer_and_scheduler(str(tmp))
             self._save_scaler(str(tmp))
             self._save_rng_state(str(tmp))
         if self.args.should_save:
-            self.state.save_to_json(str(tmp / STATE_FILE))  # last file: marks the checkpoint complete
-            commit_folder(tmp, run_dir / name)
-            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit)
+            self._export_callback_states()
+            self.state.save_to_json(str(tmp / TRAINER_STATE_NAME))  # last file: marks the checkpoint complete
+        self.accelerator.wait_for_everyone()  # every rank's files are in tmp
+        if self.args.should_save:
+            commit_folder(tmp, final)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()  # the checkpoint is published for every rank
 
-    def _trainable(self) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+    def _note_best_checkpoint(self, run_dir: Path) -> None:
+        """HF's bookkeeping: ``best_model_checkpoint`` follows ``best_global_step`` (kept by rotation)."""
+        best = self.state.best_global_step
+        if not best or self.args.save_strategy not in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST):
+            return
+        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best}"
+        # The current step's folder is still temporary here; it is published under this name below.
+        if best == self.state.global_step or folder.exists():
+            self.state.best_model_checkpoint = str(folder)
 
-    def _save_trainable_copy(self, folder: Path) -> None:
-        trainable = self._trainable()
-        n_trainable = sum(p.numel() for p in trainable.values())
-        n_total = sum(p.numel() for p in self.model.parameters())
-        if n_trainable <= EXACT_COPY_MAX_FRACTION * n_total:
-            state = {n: p.detach().contiguous().cpu() for n, p in trainable.items()}
-            save_file(state, str(folder / TRAINABLE_FILE), metadata={"format": "pt"})
+    def _export_callback_states(self) -> None:
+        """HF's: stateful callbacks (early stopping, ...) and the control state go into trainer_state.json."""
+        for cb in [*self.callback_handler.callbacks, self.control]:
+            if not isinstance(cb, ExportableState):
+                continue
+            name = cb.__class__.__name__
+            if isinstance(self.state.stateful_callbacks.get(name), list):
+                self.state.stateful_callbacks[name].append(cb.state())
+            else:
+                self.state.stateful_callbacks[name] = cb.state()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        folder = Path(resume_from_checkpoint)
-        trainable = self._trainable()
-        state = _read_trainable(folder, set(trainable))
-        missing = sorted(set(trainable) - set(state))
-        if missing:
-            raise TrainingError(
-                f"{folder}: checkpoint lacks {len(missing)} trained tensors (e.g. {missing[0]}); "
-                "was it written by another method or model? Resume with the same config, or start fresh"
-            )
-        with torch.no_grad():
-            for name, param in trainable.items():
-                value = state[name]
-                if value.shape != param.shape:
-                    raise TrainingError(f"{folder}: {name} has shape {tuple(value.shape)}, the model "
-                                        f"{tuple(param.shape)}; resume with the config that wrote it")
-                param.copy_(value.to(param.dtype))
+        """Resume: the method loads what it saved back in place (exact: trained weights are saved in fp32)."""
+        from ..methods import MethodError
+
+        try:
+            self.prepared.load_state(resume_from_checkpoint)
+        except MethodError as exc:
+            raise TrainingError(f"cannot resume from {resume_from_checkpoint}: {exc}; resume with the config "
+                                "that wrote it, or start fresh") from None
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
@@ -167,19 +175,6 @@ class GlmTrainer(Trainer):
                 self.log(extra)
                 metrics.update(extra)
         return metrics
-
-
-def _read_trainable(folder: Path, names: set[str]) -> dict[str, torch.Tensor]:
-    """Trained tensors of a checkpoint: the exact copy if present, else matching names in its weights."""
-    exact = folder / TRAINABLE_FILE
-    if exact.is_file():
-        return load_file(str(exact))
-    state: dict[str, torch.Tensor] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        for name, tensor in load_file(str(path)).items():
-            if name in names:
-                state[name] = tensor
-    return state
 
 
 def write_json(path: Path, data) -> None:
