@@ -83,7 +83,11 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
     cast_trainable_to_fp32(prepared.model)
     if cfg.training.gradient_checkpointing:
         # Non-reentrant: exact for every method (P-Tuning included) with no input-grad hook needed.
-        prepared.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(prepared.model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            prepared.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            prepared.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return prepared
 
 
