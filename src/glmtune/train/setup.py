@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -23,15 +22,13 @@ class Precision:
 
 
 def resolve_device(device: str) -> str:
-    """The device of this process: under torchrun, ``auto``/``cuda`` is the rank's own GPU (``LOCAL_RANK``)."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"model.device={device} but no CUDA GPU is visible; use model.device=cpu or auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        # Each torchrun process owns one GPU; plain "cuda" would put every rank's model on GPU 0.
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
+    """The device of this process (:func:`glmtune.devices.resolve_device`), errors as config errors."""
+    from ..devices import DeviceError, resolve_device as resolve
+
+    try:
+        return resolve(device)
+    except DeviceError as exc:
+        raise ConfigError(f"model.device: {exc}") from None
 
 
 def weights_device(precision: Precision, args) -> str:
