@@ -160,6 +160,8 @@ def test_extra_args_are_checked_against_the_arguments_glmtune_builds(tmp_path):
             load_config(_valid(tmp_path), [f"training.extra_args.{key}=1"])
     with pytest.raises(ConfigError, match="set training.learning_rate instead"):
         load_config(_valid(tmp_path), ["training.extra_args.learning_rate=0.1"])
+    with pytest.raises(ConfigError, match="FSDP is not supported"):
+        load_config(_valid(tmp_path), ["training.extra_args.fsdp=full_shard"])
     # The official format may still carry them: accepted, never passed on.
     official = {"data_config": {"train_file": "t"}, "max_input_length": 8, "max_output_length": 8,
                 "training_args": {"sortish_sampler": True, "generation_max_length": 64, "generation_num_beams": 1,

@@ -72,6 +72,8 @@ def test_fp16_uses_the_autograd_path_so_loss_scaling_protects_small_gradients():
     loss_module._FusedLinearCrossEntropy.apply = lambda *a: calls.append(a) or original(*a)
     try:
         out = loss_module.linear_cross_entropy_sum(hidden, head, targets)
+        with torch.autocast("cpu", dtype=torch.float16):  # fp32 weights under fp16 autocast: not fused either
+            loss_module.linear_cross_entropy_sum(hidden.float().detach(), head.float(), targets)
         loss_module.linear_cross_entropy_sum(hidden.float(), head.float(), targets)
     finally:
         loss_module._FusedLinearCrossEntropy.apply = original

@@ -283,6 +283,11 @@ def _check_extra_args(extra: dict) -> None:
     from .parse import closest
 
     known = extra_args_fields()
+    for key in ("fsdp", "fsdp_config"):
+        if extra.get(key):
+            # Methods save and evaluate from in-memory parameters, which FSDP shards: refused, not half-supported.
+            raise ConfigError(f"training.extra_args.{key}: FSDP is not supported yet; use torchrun (DDP) or "
+                              "DeepSpeed ZeRO-2 (training.deepspeed)")
     for key in extra:
         if key in TRAINING_ARGS_MAP:
             raise ConfigError(f"training.extra_args.{key} is a glmtune option: set {TRAINING_ARGS_MAP[key]} instead")

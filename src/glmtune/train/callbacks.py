@@ -136,7 +136,25 @@ class StopOnSignalCallback(TrainerCallback):
               "(send it again to stop at once)", file=sys.stderr)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None:
+        if _any_process(self.received is not None):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def _any_process(flag: bool) -> bool:
+    """``flag`` OR-ed over all processes of a distributed run (itself otherwise).
+
+    A signal can reach torchrun's processes on different sides of a step end;
+    if only some stopped, the others' next gradient all-reduce (and the
+    checkpoint barriers) would wait forever. One tiny collective per step.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -3,19 +3,18 @@
 With a 65k vocabulary the output layer dominates a ChatGLM3 step: a row of
 logits per token, kept for backward. Prompt tokens, padding and packing
 boundaries have label -100 and contribute nothing, so their logits are never
-needed. A forward pre-hook on ``lm_head`` hands it only the hidden states of
-labelled positions, then the loss is the same token-level cross entropy
-(sum over labelled tokens / number of labelled tokens in the accumulated
-batch) as transformers' ``ForCausalLMLoss``.
+needed.
 
 A forward pre-hook on ``lm_head`` captures the hidden states of labelled
 positions (and lets ``lm_head`` itself run on zero rows); the loss is then
 the same token-level cross entropy as transformers' ``ForCausalLMLoss`` (sum
 over labelled tokens / labelled tokens in the accumulated batch), computed
 chunk by chunk with gradients formed on the fly, so the (tokens x 65k)
-logits never exist whole. The hook is a plain ``torch.nn.Module`` hook,
-registered for one forward call and removed right after: nothing in
-transformers or PEFT is patched.
+logits never exist whole. When ``lm_head`` itself trains (full fine-tuning)
+its gradient is held in float32 from forward to backward (4 bytes per
+weight). The hook is a plain ``torch.nn.Module`` hook, registered for one
+forward call and removed right after: nothing in transformers or PEFT is
+patched.
 """
 
 from __future__ import annotations
@@ -102,8 +101,16 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
         gh = grad_hidden * grad_output.to(grad_hidden.dtype)
-        gw = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        # In place: no second lm_head-sized buffer (a retained graph is never backpropagated twice in training).
+        gw = grad_weight.mul_(grad_output).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
         return gh, gw, None, None
+
+
+def _fp16_compute(hidden: torch.Tensor) -> bool:
+    """Whether the output layer runs in fp16: fp16 hidden states, or fp16 autocast over fp32 ones."""
+    device = hidden.device.type
+    return hidden.dtype == torch.float16 or (
+        torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16)
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
@@ -113,6 +120,6 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, lm_head: torch.nn.Module, tar
     plain = type(lm_head) is torch.nn.Linear and lm_head.bias is None and weight is not None and weight.dim() == 2
     # Plain path when lm_head is wrapped (e.g. LoRA on it) or partitioned (ZeRO-3), and in fp16: the fused
     # gradients are formed before the loss scale is applied, and fp16 would flush 1/65k-sized ones to zero.
-    if not plain or weight.numel() == 0 or hidden.dtype == torch.float16:
+    if not plain or weight.numel() == 0 or _fp16_compute(hidden):
         return F.cross_entropy(lm_head(hidden).float(), targets, reduction="sum")
     return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)

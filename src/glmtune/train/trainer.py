@@ -82,7 +82,10 @@ class GlmTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Training loss with logits only at labelled positions (:mod:`.loss`); evaluation unchanged."""
-        if return_outputs or "labels" not in inputs or not model.training or self.label_smoother is not None:
+        if (return_outputs or "labels" not in inputs or not model.training or self.label_smoother is not None
+                or self.args.n_gpu > 1):
+            # n_gpu > 1 is nn.DataParallel (several GPUs without torchrun): its replicas share the lm_head
+            # hook, so each thread would see the whole batch's mask. transformers' own loss handles it.
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None  # HF then divides by the accumulation steps itself
