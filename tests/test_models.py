@@ -288,3 +288,26 @@ def test_unknown_dtype_is_one_line_error(command, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("glmtune: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert "'foo'" in err and "bf16" in err and "fp32" in err
+
+
+@pytest.mark.parametrize("header", [
+    [1, 2],
+    {"w": "not an object"},
+    {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0]}},
+    {"w": {"dtype": "F32", "shape": ["a"], "data_offsets": [0, 8]}},
+    {"w": {"dtype": "F32", "shape": [2], "data_offsets": [-4, 4]}},
+    {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}},
+    {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+     "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}},
+])
+def test_malformed_safetensors_header_is_a_clear_error(tmp_path, header):
+    raw = json.dumps(header).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(16))
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors file"):
+        list(iter_tensors(path))
+
+
+def test_adapter_and_prefix_together_are_refused_before_loading():
+    with pytest.raises(CheckpointError, match="not both"):
+        glmtune.load_model("tiny", adapter="a", prefix="p")

@@ -65,30 +65,59 @@ _ST_DTYPES = {
 
 
 def safetensors_header(path: Path) -> dict[str, tuple[torch.dtype, list[int], int, int]]:
-    """name -> (dtype, shape, start, end) with absolute byte offsets, from the file's JSON header."""
+    """name -> (dtype, shape, start, end) with absolute byte offsets, from the file's JSON header.
+
+    Validated as the safetensors library does: every entry well formed, the
+    tensors tiling the data section exactly, sizes matching their shapes.
+    """
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
             if not 0 < size < 100 * 1024**2:
                 raise ValueError(f"header length {size} is implausible")
             header = json.loads(f.read(size))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        header.pop("__metadata__", None)
+        entries = {name: _header_entry(name, info) for name, info in header.items()}
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    header.pop("__metadata__", None)
+    offset = 0
+    for name, (_, _, start, end) in sorted(entries.items(), key=lambda kv: kv[1][2]):
+        if start != offset:
+            raise CheckpointError(f"{path}: not a readable safetensors file (tensor {name!r} starts at byte "
+                                  f"{start} of the data, expected {offset}: overlapping or gapped tensors)")
+        offset = end
     base = 8 + size
-    out = {}
-    for name, info in header.items():
-        if info.get("dtype") not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-        start, end = info["data_offsets"]
-        out[name] = (_ST_DTYPES[info["dtype"]], list(info["shape"]), base + start, base + end)
-    return out
+    return {name: (dtype, shape, base + start, base + end) for name, (dtype, shape, start, end) in entries.items()}
+
+
+def _header_entry(name: str, info) -> tuple[torch.dtype, list[int], int, int]:
+    if not isinstance(info, dict):
+        raise ValueError(f"entry {name!r} is not an object")
+    if info.get("dtype") not in _ST_DTYPES:
+        raise ValueError(f"tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"tensor {name!r} has an invalid shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    dtype = _ST_DTYPES[info["dtype"]]
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel * torch.empty((), dtype=dtype).element_size() != offsets[1] - offsets[0]:
+        raise ValueError(f"tensor {name!r} has {offsets[1] - offsets[0]} bytes, its shape {shape} needs "
+                         f"{numel * torch.empty((), dtype=dtype).element_size()}")
+    return dtype, shape, offsets[0], offsets[1]
 
 
 # Elements converted per step: small enough to stay in cache and to bound the
 # mapped pages held at once, big enough for torch's parallel copy kernels.
 _CHUNK_ELEMENTS = 1 << 20
 _PAGE = mmap.PAGESIZE
+_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)  # absent on Windows: pages then stay until close
 
 
 def _convert_into(out: torch.Tensor, src: torch.Tensor, scratch: torch.Tensor) -> None:
@@ -117,9 +146,6 @@ def _read_safetensors(path: Path, dtype: torch.dtype | None = None) -> Iterator[
             target = dtype if dtype is not None and src_dtype.is_floating_point else src_dtype
             out = torch.empty(shape, dtype=target)
             flat, size = out.view(-1), torch.empty((), dtype=src_dtype).element_size()
-            if flat.numel() * size != end - start:
-                raise CheckpointError(f"{path}: tensor {name!r} has {end - start} bytes, its shape needs "
-                                      f"{flat.numel() * size}")
             for i in range(0, flat.numel(), _CHUNK_ELEMENTS):
                 j = min(flat.numel(), i + _CHUNK_ELEMENTS)
                 lo = start + i * size
@@ -127,8 +153,8 @@ def _read_safetensors(path: Path, dtype: torch.dtype | None = None) -> Iterator[
                 _convert_into(flat[i:j], src, scratch)
                 del src
                 first, done = lo // _PAGE * _PAGE, (start + j * size) // _PAGE * _PAGE
-                if done > first:
-                    mm.madvise(mmap.MADV_DONTNEED, first, done - first)
+                if done > first and _DONTNEED is not None:
+                    mm.madvise(_DONTNEED, first, done - first)
             yield name, out
 
 

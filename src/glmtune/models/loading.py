@@ -163,6 +163,9 @@ def load_model(
     ChatGLM3 adapters; see :func:`glmtune.methods.load_trained`), ``prefix`` a
     P-Tuning v2 prefix.
     """
+    if adapter is not None and prefix is not None:
+        raise CheckpointError(f"give either adapter ({adapter}) or prefix ({prefix}), not both: a model is "
+                              "fine-tuned by one method at a time")
     folder = Path(path)
     if folder.is_dir():
         layout, config = read_model_config(folder)
