@@ -81,6 +81,24 @@ def _observation(value: Any) -> str:
     return observation_text(value)
 
 
+def _turns(items: list, key: str, ctx: _Ctx, role_key: str, roles, hint: str):
+    """(index, message, role, where) of a message list, each checked to be an object with a known role.
+
+    ``roles`` is a collection of valid role names, or a dict mapping them to
+    internal roles (the mapped role is yielded).
+    """
+    shape = "{\"role\": ..., \"content\": ...}" if role_key == "role" else "{\"from\": ..., \"value\": ...}"
+    for i, msg in enumerate(items):
+        where = f" in {key}[{i}]"
+        if not isinstance(msg, dict):
+            raise ctx.error(f"{key}[{i}] is {type(msg).__name__}", f"an object with '{role_key}'",
+                            f"write each message as {shape}", "wrong_type")
+        name = _field(msg, role_key, ctx, str, where)
+        if name not in roles:
+            raise ctx.error(f"unknown role {name!r}{where}", f"one of {', '.join(roles)}", hint, "unknown_role")
+        yield i, msg, (roles[name] if isinstance(roles, dict) else name), where
+
+
 # -- chatglm3 -------------------------------------------------------------------
 _CHATGLM3_ROLES = ("system", "user", "assistant", "tool", "observation")
 
@@ -89,15 +107,8 @@ def from_chatglm3(rec: dict, ctx: _Ctx) -> Conversation:
     conv = _field(rec, "conversations", ctx, list)
     tools = _field(rec, "tools", ctx, list, required=False)
     messages: list[Message] = []
-    for i, msg in enumerate(conv):
-        where = f" in conversations[{i}]"
-        if not isinstance(msg, dict):
-            raise ctx.error(f"conversations[{i}] is {type(msg).__name__}", "an object with 'role'",
-                            "write each message as {\"role\": ..., \"content\": ...}", "wrong_type")
-        role = _field(msg, "role", ctx, str, where)
-        if role not in _CHATGLM3_ROLES:
-            raise ctx.error(f"unknown role {role!r}{where}", f"one of {', '.join(_CHATGLM3_ROLES)}",
-                            "rename the role (e.g. human -> user, gpt -> assistant)", "unknown_role")
+    for i, msg, role, where in _turns(conv, "conversations", ctx, "role", _CHATGLM3_ROLES,
+                                      "rename the role (e.g. human -> user, gpt -> assistant)"):
         if role == "tool":
             call = _tool_call(msg.get("name"), msg.get("parameters"), ctx, where)
             messages.append(Message("assistant", loss=_loss(msg, ctx, where), tool_call=call))
@@ -189,15 +200,7 @@ def from_openai(rec: dict, ctx: _Ctx) -> Conversation:
     raw = _field(rec, "messages", ctx, list)
     messages: list[Message] = []
     pending: list[tuple[str | None, ToolCall, bool | None]] = []  # calls waiting for their results
-    for i, msg in enumerate(raw):
-        where = f" in messages[{i}]"
-        if not isinstance(msg, dict):
-            raise ctx.error(f"messages[{i}] is {type(msg).__name__}", "an object with 'role'",
-                            "write each message as {\"role\": ..., \"content\": ...}", "wrong_type")
-        role = _field(msg, "role", ctx, str, where)
-        if role not in _OPENAI_ROLES:
-            raise ctx.error(f"unknown role {role!r}{where}", f"one of {', '.join(_OPENAI_ROLES)}",
-                            "rename the role", "unknown_role")
+    for i, msg, role, where in _turns(raw, "messages", ctx, "role", _OPENAI_ROLES, "rename the role"):
         if role in ("tool", "function"):
             result = _openai_content(msg, ctx, where, True)
             idx = next((k for k, p in enumerate(pending) if p[0] and p[0] == msg.get("tool_call_id")), 0)
@@ -251,16 +254,7 @@ def from_sharegpt(rec: dict, ctx: _Ctx) -> Conversation:
     system = _field(rec, "system", ctx, required=False, default="")
     tools = _field(rec, "tools", ctx, list, required=False)
     messages = [Message("system", system)] if system else []
-    for i, msg in enumerate(conv):
-        where = f" in {key}[{i}]"
-        if not isinstance(msg, dict):
-            raise ctx.error(f"{key}[{i}] is {type(msg).__name__}", "an object with 'from' and 'value'",
-                            "write each turn as {\"from\": ..., \"value\": ...}", "wrong_type")
-        sender = _field(msg, "from", ctx, str, where)
-        role = _SHAREGPT_ROLES.get(sender)
-        if role is None:
-            raise ctx.error(f"unknown role {sender!r}{where}", f"one of {', '.join(_SHAREGPT_ROLES)}",
-                            "rename the 'from' value", "unknown_role")
+    for i, msg, role, where in _turns(conv, key, ctx, "from", _SHAREGPT_ROLES, "rename the 'from' value"):
         value = _field(msg, "value", ctx, str, where)
         if role == "call":
             call = _structured(value)
