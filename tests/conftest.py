@@ -50,3 +50,32 @@ def tiny_model():
     from glmtune import load_model
 
     return load_model("tiny", dtype="fp32", seed=0)
+
+
+def train_steps(model, optimizer, steps: int, **batch) -> list[float]:
+    """``steps`` optimizer steps on one batch (a plain torch loop); the losses, model left in eval mode."""
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def greedy_ids(model, input_ids, steps: int = 16):
+    """Step-by-step greedy decoding with the KV cache, as a generation loop drives the model (no eos stop)."""
+    import torch
+
+    mask = torch.ones_like(input_ids)
+    out = model(input_ids=input_ids, attention_mask=mask, use_cache=True)
+    generated = []
+    for _ in range(steps):
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        generated.append(token)
+        mask = torch.cat([mask, torch.ones_like(token)], dim=-1)
+        out = model(input_ids=token, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+    return torch.cat(generated, dim=-1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, need_fixtures
+from conftest import TINY, greedy_ids, need_fixtures, train_steps
 from glmtune import load_model
 from glmtune.methods import LoraOptions, MethodError, load_trained, merge_adapter, prepare
 from glmtune.methods.ptuning import PrefixModel
@@ -20,16 +20,6 @@ IDS = torch.tensor([[64790, 64792, 30, 31, 32, 33, 34, 35, 36]])
 def lora_reference() -> tuple[dict, dict]:
     need_fixtures()
     return load_file(str(TINY / "reference.safetensors")), load_file(str(TINY / "reference_lora.safetensors"))
-
-
-def greedy(model, input_ids: torch.Tensor, steps: int = 16) -> list[int]:
-    out = model(input_ids=input_ids, use_cache=True)
-    generated = []
-    for _ in range(steps):
-        token = out.logits[:, -1].argmax(-1, keepdim=True)
-        generated.append(int(token))
-        out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
-    return generated
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +41,8 @@ def test_official_adapter_reproduces_official_outputs(official_lora_model):
     ids = ref["single_input_ids"].reshape(1, -1)
     with torch.no_grad():
         check_single(official_lora_model(input_ids=ids).logits, lora)
-        assert greedy(official_lora_model, ids) == lora["lora_greedy_ids"].reshape(-1).tolist()
+        tokens = greedy_ids(official_lora_model, ids)
+        assert tokens.reshape(-1).tolist() == lora["lora_greedy_ids"].reshape(-1).tolist()
     # The adapter really acts: without it the logits differ.
     with torch.no_grad():
         base_logits = load_model(TINY, dtype="fp32")(input_ids=ids).logits
@@ -81,18 +72,8 @@ def test_adapter_base_path_is_ignored_and_override_recorded(tmp_path):
     assert model.peft_config["default"].base_model_name_or_path == str(TINY)
 
 
-def train_steps(model, params, steps: int = 6) -> list[float]:
-    opt = torch.optim.AdamW(params, lr=2e-2)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = model(input_ids=IDS, labels=IDS).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+def run_steps(model, params, steps: int = 6) -> list[float]:
+    return train_steps(model, torch.optim.AdamW(params, lr=2e-2), steps, input_ids=IDS, labels=IDS)
 
 
 @pytest.mark.parametrize("options", [
@@ -108,7 +89,7 @@ def test_lora_trains_only_adapters_and_reloads(tmp_path, options):
     assert trainable and all("lora_" in n for n in trainable)
     targets = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
     assert targets == set(options.target_modules())
-    losses = train_steps(prepared.model, [p for _, p in prepared.trainable_parameters()])
+    losses = run_steps(prepared.model, [p for _, p in prepared.trainable_parameters()])
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] - 0.1
     for name, param in prepared.model.get_base_model().named_parameters():
         clean = name.replace(".base_layer", "")
@@ -127,7 +108,7 @@ def test_lora_trains_only_adapters_and_reloads(tmp_path, options):
 
 def test_lora_resume_loads_in_place(tmp_path):
     first = prepare(load_model("tiny", dtype="fp32"), "lora", {"r": 2})
-    train_steps(first.model, [p for _, p in first.trainable_parameters()], steps=2)
+    run_steps(first.model, [p for _, p in first.trainable_parameters()], steps=2)
     first.save(tmp_path)
     second = prepare(load_model("tiny", dtype="fp32"), "lora", {"r": 2})
     params = dict(second.trainable_parameters())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY, need_fixtures
+from conftest import TINY, greedy_ids, need_fixtures, train_steps
 from glmtune import load_model
 from glmtune.methods import MethodError, PrefixOptions, apply_prefix, load_trained, prepare
 
@@ -24,19 +24,6 @@ def assert_logits_match(logits: torch.Tensor, ref: dict, prefix: str, keep: torc
     assert (logits[..., -512:] - ref[f"{prefix}_tail"])[keep].abs().max() <= tol
     assert (logits.logsumexp(-1) - ref[f"{prefix}_logsumexp"])[keep].abs().max() <= tol
     assert torch.equal(logits.argmax(-1)[keep], ref[f"{prefix}_argmax"][keep])
-
-
-def greedy(model, input_ids: torch.Tensor, steps: int = 16) -> torch.Tensor:
-    """Step-by-step greedy decoding with the KV cache, as a generation loop drives the model (no eos stop)."""
-    mask = torch.ones_like(input_ids)
-    out = model(input_ids=input_ids, attention_mask=mask, use_cache=True)
-    generated = []
-    for _ in range(steps):
-        token = out.logits[:, -1].argmax(-1, keepdim=True)
-        generated.append(token)
-        mask = torch.cat([mask, torch.ones_like(token)], dim=-1)
-        out = model(input_ids=token, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
-    return torch.cat(generated, dim=-1)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +53,7 @@ def test_single_prompt_and_greedy_match_official(official_prefix_model):
     ids = ref["single_input_ids"].reshape(1, -1)
     with torch.no_grad():
         logits = official_prefix_model(input_ids=ids).logits
-        tokens = greedy(official_prefix_model, ids)
+        tokens = greedy_ids(official_prefix_model, ids)
     assert_logits_match(logits.reshape(ref["ptuning_single_logits_argmax"].shape + (-1,)), ref,
                         "ptuning_single_logits", torch.ones_like(ref["ptuning_single_logits_argmax"], dtype=torch.bool))
     assert tokens.reshape(-1).tolist() == ref["ptuning_greedy_ids"].reshape(-1).tolist()
@@ -120,14 +107,7 @@ def test_training_changes_only_the_prefix_and_reloads(tmp_path):
     assert names and all(n.startswith("prefix_encoder.") for n in names)
     ids = torch.tensor([[64790, 64792, 30, 31, 32, 33, 34, 35]])
     opt = torch.optim.AdamW([p for _, p in prepared.trainable_parameters()], lr=1e-2)
-    prepared.model.train()
-    losses = []
-    for _ in range(8):
-        loss = prepared.model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(prepared.model, opt, 8, input_ids=ids, labels=ids)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] - 0.1
     for name, param in model.named_parameters():
         assert torch.equal(param, before[name]), f"{name} changed although only the prefix trains"

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import train_steps
 from glmtune import load_model
 from glmtune.methods import (
     METHODS,
@@ -62,17 +63,8 @@ def test_defaults_follow_the_official_demo():
 
 def run_steps(model, steps: int = 5) -> list[float]:
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.5)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = model(input_ids=IDS, attention_mask=MASK, labels=LABELS).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+    return train_steps(model, torch.optim.SGD(params, lr=0.5), steps, input_ids=IDS, attention_mask=MASK,
+                       labels=LABELS)
 
 
 @pytest.mark.parametrize("options, trained", [
