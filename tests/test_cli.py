@@ -23,4 +23,12 @@ def test_user_error_types_are_imported_not_guessed():
     from glmtune.data.errors import DataError
     from glmtune.methods.errors import MethodError
 
-    assert {ConfigError, DataError, MethodError} <= set(cli.user_error_types())
+    from glmtune.devices import DeviceError
+    from glmtune.errors import GlmtuneError
+    from glmtune.models.convert import CheckpointError
+    from glmtune.tokenizer import TokenizerError
+    from glmtune.train import TrainingError
+
+    assert GlmtuneError in cli.user_error_types()
+    for error in (ConfigError, DataError, MethodError, DeviceError, CheckpointError, TokenizerError, TrainingError):
+        assert issubclass(error, GlmtuneError), error

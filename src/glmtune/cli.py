@@ -12,12 +12,10 @@ import argparse
 import importlib
 import sys
 
+from .errors import GlmtuneError, UserError  # noqa: F401  (UserError re-exported)
+
 # Plain registry: subcommand module names under glmtune.commands.
 COMMAND_MODULES = ("quickstart", "data", "train", "chat", "eval", "export", "serve", "init_model")
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,16 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input, reported as ``glmtune: error: ...``."""
-    from .config import ConfigError
-    from .data.errors import DataError
-    from .devices import DeviceError
-    from .methods.errors import MethodError
-    from .models.convert import CheckpointError
-    from .tokenizer import TokenizerError
-
-    return (UserError, CheckpointError, TokenizerError, DeviceError, DataError, ConfigError, MethodError,
-            FileNotFoundError)
+    """Exception types that mean bad input, reported as ``glmtune: error: ...`` (one base, see errors.py)."""
+    return (GlmtuneError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

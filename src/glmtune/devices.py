@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from .errors import GlmtuneError
+
 import os
 
 
-class DeviceError(ValueError):
+class DeviceError(GlmtuneError, ValueError):
     """The device asked for is not available here; the message says what to use instead."""
 
 

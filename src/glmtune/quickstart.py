@@ -61,7 +61,7 @@ def step(n: int, title: str) -> None:
 
 def prepare_folder(out: Path) -> None:
     """Create ``out``; an earlier quickstart there is replaced, anything else is left alone."""
-    from .cli import UserError
+    from .errors import UserError
 
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file():

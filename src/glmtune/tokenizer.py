@@ -8,6 +8,8 @@ model (64789.. for the real ``tokenizer.model``).
 
 from __future__ import annotations
 
+from .errors import GlmtuneError
+
 import json
 import os
 import re
@@ -32,7 +34,7 @@ ROLES = ("system", "user", "assistant", "observation")
 TOKENIZER_FILE = "tokenizer.model"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(GlmtuneError, ValueError):
     """A tokenizer file is missing or an id cannot be decoded."""
 
 

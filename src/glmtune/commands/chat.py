@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def sampling_from_args(args: argparse.Namespace):
-    from ..cli import UserError
+    from ..errors import UserError
     from ..infer.sampling import SamplingConfig
 
     try:

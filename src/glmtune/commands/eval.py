@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_dataset(path, fmt: str):
     from pathlib import Path
 
-    from ..cli import UserError
+    from ..errors import UserError
     from ..data.cli_support import load_conversations
     from ..data.config import DataConfig
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from ..cli import UserError
+    from ..errors import UserError
     from ..infer.evaluate import EvalSettings, build_samples, evaluate, settings_dict, write_results
     from ..infer.loading import load_for_inference
 

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..cli import UserError
+    from ..errors import UserError
     from ..models import SHAPES, load_model, resolve_dtype, save_model, write_generation_config
     from ..tokenizer import load_tokenizer
 

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_call(args: list[str]) -> tuple[str, list[str], dict]:
     """(config path, overrides, load_config keywords) from the positional arguments."""
-    from ..cli import UserError
+    from ..errors import UserError
 
     if not args:
         raise UserError("glmtune train needs a config: glmtune train CONFIG.yaml [key=value ...] "
@@ -57,7 +57,7 @@ def parse_call(args: list[str]) -> tuple[str, list[str], dict]:
 
 
 def _overrides(items: list[str]) -> list[str]:
-    from ..cli import UserError
+    from ..errors import UserError
 
     for item in items:
         if "=" not in item:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     config, overrides, kwargs = parse_call(list(args.args))
     if not Path(config).is_file():
-        from ..cli import UserError
+        from ..errors import UserError
 
         raise UserError(f"{config}: config file not found")
     cfg = load_config(config, overrides, **kwargs)

@@ -8,6 +8,8 @@ expected and what to do.
 
 from __future__ import annotations
 
+from ..errors import GlmtuneError
+
 import dataclasses
 import difflib
 import types
@@ -18,7 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 
-class ConfigError(ValueError):
+class ConfigError(GlmtuneError, ValueError):
     """The configuration is invalid; the message says where and how to fix it."""
 
 

@@ -7,11 +7,13 @@ can print all problems of a file, not just the first.
 
 from __future__ import annotations
 
+from ..errors import GlmtuneError
+
 from collections import Counter
 from dataclasses import dataclass, field
 
 
-class DataError(ValueError):
+class DataError(GlmtuneError, ValueError):
     """Invalid data or data options; the message names file, line, expectation and fix."""
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from ..cli import UserError
+from ..errors import UserError
 from ..data.chat_format import TOOLS_PROMPT, build_prompt, parse_reply
 from ..data.messages import Message, ToolCall
 from .generation import generate_stream, model_device

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 
 
 def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None, dtype=None, device=None):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import GlmtuneError
 
-class MethodError(ValueError):
+
+class MethodError(GlmtuneError, ValueError):
     """A fine-tuning method cannot be prepared, saved or applied.
 
     The message names the file or option at fault, what was expected and the

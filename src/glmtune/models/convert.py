@@ -7,6 +7,8 @@ can stream shard by shard and never hold two full copies of the weights.
 
 from __future__ import annotations
 
+from ..errors import GlmtuneError
+
 import re
 from typing import Iterable, Iterator
 
@@ -14,7 +16,7 @@ import torch
 from transformers import GlmConfig
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GlmtuneError, ValueError):
     """A model folder cannot be loaded: the message names the file and the fix."""
 
 

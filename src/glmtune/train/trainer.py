@@ -16,6 +16,8 @@ What the subclass changes, and why:
 
 from __future__ import annotations
 
+from ..errors import GlmtuneError
+
 import json
 import math
 import os
@@ -32,7 +34,7 @@ from .layout import TMP_PREFIX, commit_folder
 from .loss import answer_only_loss, find_lm_head
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GlmtuneError, RuntimeError):
     """Training cannot go on (non-finite loss, ...); the message says where and what to try."""
 
 
