@@ -1,17 +1,19 @@
 """Token-by-token generation with a KV cache: one prompt streamed, or a left-padded batch.
 
-Our own loop rather than ``model.generate`` because it must drive any model
-that honours one small contract, the P-Tuning v2 wrapper included, and stream
-tokens as they come::
+Our own loop rather than ``model.generate`` (which every glmtune model,
+the P-Tuning v2 wrapper included, also supports) because it yields tokens as
+they come without a streamer thread, takes a seeded ``torch.Generator`` per
+request, and stops on any of several stop ids per row. The contract it
+needs, in transformers' current cache API::
 
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                past_key_values=cache, use_cache=True)
-    out.logits, out.past_key_values
+                cache=cache, use_cache=True)
+    out.logits, out.cache
 
 ``attention_mask`` covers every token seen so far (1 real, 0 pad);
 ``position_ids`` number each row's real tokens 0..n-1 and then +1 per step,
 the official ChatGLM3 left-padding scheme (pads sit at position 0). The first
-call passes ``past_key_values=None`` and the model creates its cache
+call passes ``cache=None`` and the model creates its cache
 (transformers' ``DynamicCache``, or the P-Tuning wrapper's prefix cache);
 later calls pass back what it returned.
 """
@@ -106,8 +108,8 @@ def decode_steps(model, batch: dict[str, torch.Tensor], config: SamplingConfig, 
     step_ids, step_pos = ids, state.position_ids
     for _ in range(config.max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=state.attention_mask, position_ids=step_pos,
-                    past_key_values=state.cache, use_cache=True, **extra)
-        state.cache = out.past_key_values
+                    cache=state.cache, use_cache=True, **extra)
+        state.cache = out.cache
         seen = state.seen if config.repetition_penalty != 1.0 else None
         tokens = next_tokens(out.logits[:, -1, :], config, generator, seen)
         tokens = tokens.masked_fill(state.finished, pad_token_id)

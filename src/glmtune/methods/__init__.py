@@ -17,7 +17,7 @@ API (used by the training loop, chat, eval and export)::
 * Options dataclasses: :class:`LoraOptions` (r=8, alpha=32, dropout=0.1,
   target="qkv"|"attention"|"all-linear"|[names], use_rslora, use_dora),
   :class:`PrefixOptions` (num_virtual_tokens=128 = official pre_seq_len,
-  prefix_projection=False, prefix_hidden_size=None, prefix_dropout=0.0),
+  prefix_projection=False, prefix_hidden_size=None, prefix_dropout=0.1),
   :class:`FreezeOptions` (trainable_layers: last N / first -N, default 2;
   trainable_modules: glob patterns), :class:`FullOptions`.
 * ``Prepared.model.forward(input_ids, attention_mask=None, position_ids=None,

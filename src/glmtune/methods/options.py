@@ -90,8 +90,8 @@ class PrefixOptions:
     """Reparameterise the prefix with the official two-layer MLP (Embedding -> Linear -> Tanh -> Linear)."""
     prefix_hidden_size: int | None = None
     """Hidden width of that MLP; None means the model's hidden size, as in the official code."""
-    prefix_dropout: float = 0.0
-    """Dropout on the prefix keys/values in training (official: the model's hidden_dropout, 0.0)."""
+    prefix_dropout: float = 0.1
+    """Dropout on the prefix keys/values in training; official ``modeling_chatglm.py`` applies Dropout(0.1)."""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.num_virtual_tokens, int) and self.num_virtual_tokens > 0,

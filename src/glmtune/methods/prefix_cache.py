@@ -38,6 +38,10 @@ class PrefixLayer(DynamicLayer):
             self.keys, self.values = keys, values
         return keys, values
 
+    def get_seq_length(self) -> int:
+        """Real tokens held, the prefix not counted: what ``generate`` and position ids count from."""
+        return self.keys.shape[-2] - self.prefix_length
+
 
 class PrefixCache(Cache):
     """Per-layer P-Tuning v2 prefixes as a transformers ``Cache`` (see the module docstring)."""
@@ -49,5 +53,5 @@ class PrefixCache(Cache):
         self.grow = grow
 
     def real_length(self) -> int:
-        """Tokens seen so far after the prefix (0 before the first forward)."""
-        return self.get_seq_length() - self.prefix_length
+        """Tokens seen so far after the prefix (0 before the first forward); same as ``get_seq_length()``."""
+        return self.get_seq_length()

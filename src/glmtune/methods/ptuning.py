@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import GlmConfig
+from transformers import GenerationMixin, GlmConfig
 
 from .errors import MethodError
 from .options import PrefixOptions
@@ -106,8 +106,13 @@ def is_checkpointing(model: nn.Module) -> bool:
     return model.is_gradient_checkpointing  # transformers < 5
 
 
-class PrefixModel(nn.Module):
-    """A GLM causal LM with a trainable P-Tuning v2 prefix (see the module docstring for the contract)."""
+class PrefixModel(nn.Module, GenerationMixin):
+    """A GLM causal LM with a trainable P-Tuning v2 prefix (see the module docstring for the contract).
+
+    It is a ``GenerationMixin``, so ``model.generate(...)`` works as on any
+    transformers causal LM: the prefix rides in the :class:`PrefixCache` that
+    the first forward makes, and generate only ever sees the real tokens.
+    """
 
     main_input_name = "input_ids"
     # The HF Trainer passes num_items_in_batch so gradient accumulation normalises the loss correctly.
@@ -149,6 +154,17 @@ class PrefixModel(nn.Module):
     @property
     def pre_seq_len(self) -> int:
         return self.options.num_virtual_tokens
+
+    # ---- what GenerationMixin asks of a PreTrainedModel beyond config/device ------------------------
+    @classmethod
+    def is_remote_code(cls) -> bool:  # this class is glmtune's own, not code from a model folder
+        return False
+
+    def get_experts_implementation(self) -> dict:
+        return find_glm(self.base_model).get_experts_implementation()
+
+    def set_experts_implementation(self, experts_implementation) -> None:
+        find_glm(self.base_model).set_experts_implementation(experts_implementation)
 
     def get_input_embeddings(self) -> nn.Module:
         return find_glm(self.base_model).get_input_embeddings()
@@ -200,24 +216,36 @@ class PrefixModel(nn.Module):
         out = out.permute(2, 0, 3, 1, 4)
         return [(out[2 * i], out[2 * i + 1]) for i in range(config.num_hidden_layers)]
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+    def _start_cache(self, cache, batch: int, dtype: torch.dtype, grow: bool) -> PrefixCache:
+        """The cache for this forward: the given PrefixCache, or a new one holding the prefix.
+
+        ``generate`` hands the first forward an empty cache of its own making
+        (a ``DynamicCache``); an empty cache of any kind starts a fresh prefix.
+        """
+        if isinstance(cache, PrefixCache):
+            if self.training and self.is_activation_checkpointing:
+                raise MethodError("a cache cannot be passed in training with gradient checkpointing")
+            return cache
+        if cache is not None and cache.get_seq_length() > 0:
+            raise MethodError(
+                f"a P-Tuning model needs the PrefixCache it returned as its cache, got a filled "
+                f"{type(cache).__name__}; start with cache=None"
+            )
+        return PrefixCache(self.get_prompt(batch, dtype), grow=grow)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, past_key_values=None,
+                **kwargs):
+        # ``past_key_values`` is the pre-5.x name of ``cache``; accepted for callers written against it.
+        cache = cache if cache is not None else past_key_values
         ref = input_ids if input_ids is not None else inputs_embeds
         batch, length = ref.shape[0], ref.shape[1]
         dtype = self.dtype if inputs_embeds is None else inputs_embeds.dtype
         if use_cache is None:
             use_cache = self.config.use_cache
         grow = bool(use_cache) and not self.training
-        if past_key_values is None:
-            past_key_values = PrefixCache(self.get_prompt(batch, dtype), grow=grow)
-        elif not isinstance(past_key_values, PrefixCache):
-            raise MethodError(
-                f"a P-Tuning model needs the PrefixCache it returned as past_key_values, got "
-                f"{type(past_key_values).__name__}; start with past_key_values=None"
-            )
-        elif self.training and self.is_activation_checkpointing:
-            raise MethodError("past_key_values cannot be passed in training with gradient checkpointing")
-        past = past_key_values.real_length()
+        cache = self._start_cache(cache, batch, dtype, grow)
+        past = cache.get_seq_length()
         segments = None
         if attention_mask is None and position_ids is not None and past == 0:
             segments = packed_segments(position_ids)
@@ -232,9 +260,9 @@ class PrefixModel(nn.Module):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
         mask = prefix_mask(attention_mask, length, self.pre_seq_len, dtype, segments)
         out = self.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+                              cache=cache, inputs_embeds=inputs_embeds, labels=labels,
                               use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
-        out.past_key_values = past_key_values if grow else None
+        out.cache = cache if grow else None
         return out
 
 
