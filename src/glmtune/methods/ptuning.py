@@ -7,19 +7,21 @@ Those prefixes are not rotated, real tokens keep positions 0..n-1, and every
 token attends to the whole prefix. PEFT's prefix tuning numbers tokens from
 ``P`` and refuses gradient checkpointing; :class:`PrefixModel` does neither.
 
-Calling contract of :class:`PrefixModel` (used by the Trainer and by step-by-
-step generation loops)::
+Calling contract of :class:`PrefixModel` (used by the Trainer, by
+``model.generate`` and by step-by-step generation loops)::
 
     out = model(input_ids, attention_mask=None, position_ids=None,
-                past_key_values=None, use_cache=None, labels=None, **kwargs)
+                cache=None, use_cache=None, labels=None, **kwargs)
 
 * ``attention_mask`` covers the REAL tokens only (past + current, 2D, 1 = keep,
   left padding allowed); the prefix slots are added internally.
 * ``position_ids`` default to the official ones: ``cumsum(mask) - 1`` (0 on
   pads), continuing from the past tokens.
-* First step: ``past_key_values=None``. With ``use_cache=True`` (eval mode)
-  ``out.past_key_values`` is a :class:`PrefixCache` holding prefix + tokens;
-  pass it back on the next step with the grown ``attention_mask``.
+* First step: ``cache=None`` (or an empty cache, as ``generate`` passes). With
+  ``use_cache=True`` (eval mode) ``out.cache`` is a :class:`PrefixCache`
+  holding prefix + tokens (its ``get_seq_length()`` counts the real tokens
+  only); pass it back on the next step with the grown ``attention_mask``.
+  ``past_key_values`` is accepted as the older name of ``cache``.
 * In training mode the prefix cache is read-only and never returned, which is
   what makes gradient checkpointing exact.
 * ``labels`` / ``num_items_in_batch``: the loss is GlmForCausalLM's own.
