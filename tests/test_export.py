@@ -135,17 +135,16 @@ def test_refuses_non_empty_out_unless_force(adapter, tmp_path, capsys):
     user_files = {"training_args.bin": b"args", "my_adapter.safetensors": b"mine", "optimizer.bin": b"opt"}
     for name, data in user_files.items():
         (out / name).write_bytes(data)
-    # A previous model write's weights do go: an old chatglm3-style sharded export.
-    old = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "model-00001-of-00009.safetensors"]
-    for name in old:
-        (out / name).write_bytes(b"old")
-    (out / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": old[0], "b": old[1]}}))
+    # Weight files glmtune did not write survive too (no glmtune_export.json lists them): another tool's shards.
+    other = ["pytorch_model-00001-of-00002.bin", "model-00001-of-00009.safetensors"]
+    for name in other:
+        (out / name).write_bytes(b"other")
     err = cli_error(capsys, "--model", str(TINY), "--adapter", str(adapter), "--out", str(out))
     assert "not empty" in err and "--force" in err and not (out / "config.json").exists()
     assert cli.main(["export", "--model", str(TINY), "--adapter", str(adapter), "--out", str(out), "--force"]) == 0
     assert (out / "config.json").is_file() and (out / "notes.txt").read_text() == "keep me"
     assert all((out / name).read_bytes() == data for name, data in user_files.items())
-    assert not any((out / name).exists() for name in [*old, "pytorch_model.bin.index.json"])
+    assert all((out / name).read_bytes() == b"other" for name in other)
     assert load_model(out) is not None
     # Never into the folder being read, even with --force.
     err = cli_error(capsys, "--model", str(TINY), "--out", str(TINY), "--force")

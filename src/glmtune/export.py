@@ -1,12 +1,20 @@
-"""Export a model (optionally with a LoRA/DoRA adapter merged in) as a standalone folder.
+"""Export a fine-tuning result as a folder other tools load, in glmtune's or THUDM's layout.
 
-The folder holds everything a consumer needs and nothing it would have to
-trust: sharded safetensors with an index, ``config.json``, the tokenizer
-files, and a ``generation_config.json`` whose eos list stops chat turns
-([eos, ``<|user|>``, ``<|observation|>``] — merged models that lost the last
-two never stop talking). ``native`` is transformers' GLM layout (plain
-``AutoModelForCausalLM.from_pretrained`` and serving engines that know GLM);
-``chatglm3`` is THUDM's layout, for the official demos.
+* merged model (LoRA/DoRA merged in, or a freeze/full result, or just a model):
+  sharded safetensors with an index, ``config.json``, the tokenizer files and a
+  ``generation_config.json`` whose eos list stops chat turns ([eos,
+  ``<|user|>``, ``<|observation|>``]). ``native`` is transformers' GLM layout;
+  ``chatglm3`` is THUDM's layout for the official demos (its ``auto_map`` and
+  THUDM's ``tokenizer_config.json`` kept so ``trust_remote_code`` loading works).
+* ``adapter_only``: a LoRA adapter as PEFT saves one for THUDM's ChatGLM3 code
+  (fused ``query_key_value``, same update; see ``methods.adapters.save_official_lora``).
+* a P-Tuning v2 prefix with ``layout="chatglm3"``: the checkpoint folder the
+  official ``finetune_demo/inference_hf.py`` loads (a whole chatglm3-layout
+  model + ``transformer.prefix_encoder.*`` + ``pre_seq_len`` in config.json).
+
+Every export goes through :class:`glmtune.export_folder.StagedExport`: nothing
+is written into an input folder, and ``--force`` replaces only what a previous
+glmtune export recorded in ``glmtune_export.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ from pathlib import Path
 
 import torch
 
-from .models import CheckpointError
+from .export_folder import MANIFEST, ExportError, StagedExport, check_out_dir
+from .methods.adapters import PTUNING_MERGE_ADVICE
+
+__all__ = ["ExportError", "ExportResult", "check_out_dir", "export_model", "parse_size"]
 
 LAYOUTS = ("native", "chatglm3")
 # Files of the official ChatGLM3 release that make its remote code and license
@@ -27,19 +38,23 @@ LAYOUTS = ("native", "chatglm3")
 _CHATGLM3_CODE_FILES = ("configuration_chatglm.py", "modeling_chatglm.py", "tokenization_chatglm.py",
                         "quantization.py")
 _LICENSE_FILES = ("MODEL_LICENSE", "LICENSE", "LICENSE.txt", "NOTICE")
-
-
-class ExportError(CheckpointError):
-    """The export cannot be written as asked; the message says why and what to do."""
-
-
-PTUNING_ADVICE = (
-    "a P-Tuning v2 prefix cannot be merged into the weights: it adds key/value vectors in front of every "
-    "sequence instead of changing a weight matrix. Options: (1) use it as it is: "
-    "`glmtune chat/serve/eval --model BASE --prefix DIR`; (2) ship the base model together with the prefix "
-    "folder (the official ChatGLM3 demos load it with pre_seq_len and prefix_encoder.safetensors); "
-    "(3) train a LoRA adapter instead (method: lora), which exports as one merged model"
-)
+# THUDM/chatglm3-6b's config.json auto_map and tokenizer_config.json, for sources that lack them.
+OFFICIAL_AUTO_MAP = {
+    "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+    "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
+}
+OFFICIAL_TOKENIZER_CONFIG = {
+    "name_or_path": "THUDM/chatglm3-6b", "remove_space": False, "do_lower_case": False,
+    "tokenizer_class": "ChatGLMTokenizer", "padding_side": "left",
+    "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]},
+}
+# THUDM's ChatGLMTokenizer defines these as read-only properties: a tokenizer_config.json
+# (or special_tokens_map.json) that sets them makes it fail with "property ... has no setter".
+_TOKENIZER_PROPERTIES = ("eos_token", "pad_token", "unk_token")
+PTUNING_ADVICE = PTUNING_MERGE_ADVICE
 
 
 @dataclass
@@ -48,23 +63,16 @@ class ExportResult:
 
     out_dir: Path
     layout: str
-    dtype: torch.dtype
+    dtype: torch.dtype | None
     merged_adapter: Path | None
     files: list[str] = field(default_factory=list)
     num_parameters: int = 0
-
-
-def check_out_dir(out_dir: Path, *, force: bool, protected: list[Path]) -> None:
-    """Refuse a non-empty folder unless ``force``, and never the folders we read from (even with ``force``)."""
-    resolved = out_dir.resolve()
-    for source in protected:
-        if source is not None and Path(source).resolve() == resolved:
-            raise ExportError(f"{out_dir}: is the folder being exported from; choose a different --out")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir}: exists and is not a folder; choose a different --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ExportError(f"{out_dir}: folder is not empty; choose an empty or new --out, or pass --force to "
-                          "overwrite (files glmtune does not write are left in place)")
+    kind: str = "model"
+    """"model" (a standalone model), "adapter" (official LoRA adapter) or "ptuning" (official P-Tuning checkpoint)."""
+    replaced: list[str] = field(default_factory=list)
+    """Files of a previous glmtune export that this one replaced or removed (--force)."""
+    notes: list[str] = field(default_factory=list)
+    """What the user still has to know (e.g. THUDM's code files to add for trust_remote_code)."""
 
 
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
@@ -112,81 +120,182 @@ def load_merged(model_path, adapter, *, device="cpu", base_path_override=None):
 
 
 def copy_release_files(source: Path | None, out_dir: Path, layout: str) -> list[str]:
-    """License files always; the official remote-code files (and their tokenizer config) for chatglm3 only."""
-    if source is None or not source.is_dir():
-        return []
-    names = list(_LICENSE_FILES)
-    if layout == "chatglm3":
-        names += list(_CHATGLM3_CODE_FILES)
+    """License files always; for chatglm3 also THUDM's code files, auto_map and tokenizer config (see below)."""
     copied = []
-    for name in names:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, out_dir / name)
-            copied.append(name)
-    if layout == "chatglm3" and "modeling_chatglm.py" in copied:
-        copied += _restore_official_configs(source, out_dir)
+    if source is not None and source.is_dir():
+        names = list(_LICENSE_FILES) + (list(_CHATGLM3_CODE_FILES) if layout == "chatglm3" else [])
+        for name in names:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, out_dir / name)
+                copied.append(name)
+    if layout == "chatglm3":
+        write_official_configs(source if source is not None and source.is_dir() else None, out_dir)
     return copied
 
 
-def _restore_official_configs(source: Path, out_dir: Path) -> list[str]:
-    # The official code is found through auto_map; keep it (and the official
-    # tokenizer config) so `AutoModel.from_pretrained(out, trust_remote_code=True)` works.
-    restored = []
-    original = json.loads((source / "config.json").read_text()) if (source / "config.json").is_file() else {}
-    if "auto_map" in original:
-        cfg = json.loads((out_dir / "config.json").read_text())
-        cfg["auto_map"] = original["auto_map"]
-        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        restored.append("config.json (auto_map)")
-    if (source / "tokenizer_config.json").is_file():
-        shutil.copyfile(source / "tokenizer_config.json", out_dir / "tokenizer_config.json")
-        restored.append("tokenizer_config.json")
-    return restored
+def _official_tokenizer_config(source: Path | None) -> dict:
+    """The source's THUDM tokenizer_config.json when THUDM's class can load it, else THUDM's own."""
+    path = source / "tokenizer_config.json" if source is not None else None
+    if path is not None and path.is_file():
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cfg = None
+        if isinstance(cfg, dict) and "auto_map" in cfg and not any(k in cfg for k in _TOKENIZER_PROPERTIES):
+            return cfg
+    return dict(OFFICIAL_TOKENIZER_CONFIG)
+
+
+def write_official_configs(source: Path | None, out_dir: Path) -> None:
+    """Make a chatglm3-layout folder loadable by THUDM's remote code (``trust_remote_code=True``).
+
+    config.json gets the source's ``auto_map`` (THUDM's when the source has
+    none); tokenizer_config.json is the source's THUDM one or THUDM's own, never
+    glmtune's, whose eos/pad keys THUDM's tokenizer class cannot set.
+    """
+    original = {}
+    if source is not None and (source / "config.json").is_file():
+        try:
+            original = json.loads((source / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            original = {}
+    cfg = json.loads((out_dir / "config.json").read_text())
+    cfg["auto_map"] = original.get("auto_map") if isinstance(original.get("auto_map"), dict) else OFFICIAL_AUTO_MAP
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if (out_dir / "tokenizer.model").is_file():
+        tokenizer_cfg = _official_tokenizer_config(source)
+        (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_cfg, indent=2, ensure_ascii=False) + "\n")
+    (out_dir / "special_tokens_map.json").unlink(missing_ok=True)  # staged by us; THUDM's class would fail on it
+
+
+def _code_note(model_path: Path, out_dir: Path) -> list[str]:
+    missing = [n for n in _CHATGLM3_CODE_FILES[:3] if not (model_path / n).is_file()] if model_path.is_dir() else []
+    if not missing:
+        return []
+    return [f"{model_path} has no {', '.join(missing)}: copy THUDM's files (from the official THUDM/chatglm3-6b "
+            f"folder) into {out_dir} before loading it with trust_remote_code=True"]
 
 
 def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, adapter: str | os.PathLike | None = None,
-                 prefix: str | os.PathLike | None = None, layout: str = "native", dtype=None, force: bool = False,
-                 tokenizer_path: str | os.PathLike | None = None, base_path_override: str | None = None,
-                 device: str = "cpu", max_shard_bytes: int = 2 * 1024**3) -> ExportResult:
-    """Merge ``adapter`` (LoRA/DoRA, optional) into ``model_path`` and write a standalone folder.
+                 prefix: str | os.PathLike | None = None, layout: str | None = None, adapter_only: bool = False,
+                 dtype=None, force: bool = False, tokenizer_path: str | os.PathLike | None = None,
+                 base_path_override: str | None = None, device: str = "cpu",
+                 max_shard_bytes: int = 2 * 1024**3) -> ExportResult:
+    """Write ``model_path`` (+ ``adapter`` merged, or ``prefix``) as a folder other tools load.
 
-    Without an adapter this re-exports the model, e.g. to convert an official
-    ChatGLM3 checkpoint to the native layout. ``dtype=None`` keeps the base
-    checkpoint's storage dtype. P-Tuning prefixes are refused with the options.
+    ``layout`` is ``"native"`` (default) or ``"chatglm3"`` (default with
+    ``adapter_only``). ``adapter_only`` writes a LoRA adapter in THUDM's layout
+    instead of a merged model; a P-Tuning ``prefix`` (or P-Tuning result given
+    as ``adapter``) needs ``layout="chatglm3"``. ``dtype=None`` keeps the base
+    checkpoint's storage dtype (the adapter's for ``adapter_only``).
     """
     from .methods import detect_method
-    from .models import resolve_dtype, save_model, write_generation_config
-    from .tokenizer import find_tokenizer, load_tokenizer
 
     model_path, out_dir = Path(model_path), Path(out_dir)
     adapter = Path(adapter) if adapter is not None else None
+    layout = layout or ("chatglm3" if adapter_only else "native")
     if layout not in LAYOUTS:
         raise ExportError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
     if adapter is not None and not adapter.is_dir():
         raise ExportError(f"{adapter}: adapter folder not found (expected adapter_config.json and "
                           "adapter_model.safetensors from training)")
-    if prefix is not None or (adapter is not None and detect_method(adapter) == "ptuning"):
-        raise ExportError(f"{prefix or adapter}: {PTUNING_ADVICE}")
-    check_out_dir(out_dir, force=force, protected=[model_path, adapter])
+    if adapter is not None and prefix is None and detect_method(adapter) == "ptuning":
+        adapter, prefix = None, adapter
+    method = detect_method(adapter) if adapter is not None else None
+    _check_request(layout, adapter_only, adapter, prefix, method)
+    check_out_dir(out_dir, force=force, inputs={"--model": model_path, "--adapter": adapter, "--prefix": prefix,
+                                                "--tokenizer": tokenizer_path, "--base-path": base_path_override})
+    kind = "adapter" if adapter_only else "ptuning" if prefix is not None else "model"
+    provenance = _provenance(model_path, adapter, prefix, layout, kind)
+    with StagedExport(out_dir, provenance) as stage:
+        if kind == "adapter":
+            result = _export_official_adapter(model_path, adapter, stage.path, dtype, base_path_override)
+        else:
+            result = _export_model(model_path, adapter, prefix, stage.path, layout=layout, dtype=dtype,
+                                   tokenizer_path=tokenizer_path, base_path_override=base_path_override,
+                                   device=device, max_shard_bytes=max_shard_bytes)
+        provenance["dtype"] = str(result.dtype).replace("torch.", "")
+    result.out_dir, result.kind, result.files, result.replaced = out_dir, kind, stage.files, stage.replaced
+    result.notes = [n.replace(str(stage.path), str(out_dir)) for n in result.notes]
+    return result
+
+
+def _check_request(layout: str, adapter_only: bool, adapter: Path | None, prefix, method: str | None) -> None:
+    if prefix is not None and adapter is not None:
+        raise ExportError(f"give either --adapter ({adapter}) or --prefix ({prefix}), not both: a model is "
+                          "fine-tuned by one method at a time")
+    if prefix is not None and adapter_only:
+        raise ExportError(f"{prefix}: --adapter-only does not apply to a P-Tuning prefix: glmtune's prefix folder "
+                          "already is the official prefix-only format (prefix_encoder.safetensors + config.json); "
+                          "drop --adapter-only and use --layout chatglm3 for the checkpoint folder that THUDM's "
+                          "inference_hf.py loads")
+    if prefix is not None and layout != "chatglm3":
+        raise ExportError(f"{prefix}: {PTUNING_MERGE_ADVICE}")
+    if adapter_only and adapter is None:
+        raise ExportError("--adapter-only needs --adapter LORA_DIR (the LoRA result to convert)")
+    if adapter_only and layout != "chatglm3":
+        raise ExportError(f"{adapter}: --adapter-only --layout native has nothing to do: a glmtune LoRA folder "
+                          "already is a PEFT adapter for transformers' GLM; use it as it is, or pass --layout "
+                          "chatglm3 for THUDM's layout")
+    if adapter_only and method != "lora":
+        raise ExportError(f"{adapter}: --adapter-only converts LoRA adapters, but this folder holds a {method} "
+                          "result; export it merged (drop --adapter-only)")
+
+
+def _export_model(model_path: Path, adapter: Path | None, prefix: Path | None, stage: Path, *, layout: str,
+                  dtype, tokenizer_path, base_path_override, device: str, max_shard_bytes: int) -> ExportResult:
+    """A standalone model folder (adapter merged), or an official P-Tuning checkpoint (prefix added)."""
+    from .methods import apply_prefix
+    from .methods.ptuning_io import add_prefix_to_checkpoint
+    from .models import resolve_dtype, save_model, write_generation_config
+    from .tokenizer import find_tokenizer, load_tokenizer
+
     target = resolve_dtype(dtype, "cpu", None) if dtype is not None else default_dtype(model_path)
-    tokenizer = load_tokenizer(find_tokenizer(tokenizer_path, model_path, adapter))
-
+    tokenizer = load_tokenizer(find_tokenizer(tokenizer_path, model_path, adapter, prefix))
     model = load_merged(model_path, adapter, device=device, base_path_override=base_path_override)
-    save_model(model, out_dir, layout=layout, dtype=target, max_shard_bytes=max_shard_bytes)
-    tokenizer.save_pretrained(out_dir)
-    write_generation_config(out_dir, tokenizer)
-    copy_release_files(model_path if model_path.is_dir() else None, out_dir, layout)
-    _write_provenance(out_dir, model_path, adapter, layout, target)
-    return ExportResult(out_dir=out_dir, layout=layout, dtype=target, merged_adapter=adapter,
-                        files=sorted(p.name for p in out_dir.iterdir()),
-                        num_parameters=sum(p.numel() for p in model.parameters()))
+    with_prefix = apply_prefix(model, prefix) if prefix is not None else None
+    save_model(model, stage, layout=layout, dtype=target, max_shard_bytes=max_shard_bytes)
+    if with_prefix is not None:
+        add_prefix_to_checkpoint(with_prefix, stage, dtype=target)
+    tokenizer.save_pretrained(stage)
+    write_generation_config(stage, tokenizer)
+    copy_release_files(model_path if model_path.is_dir() else None, stage, layout)
+    return ExportResult(out_dir=stage, layout=layout, dtype=target, merged_adapter=adapter,
+                        num_parameters=sum(p.numel() for p in model.parameters()),
+                        notes=_code_note(model_path, stage) if layout == "chatglm3" else [])
 
 
-def _write_provenance(out_dir: Path, model_path: Path, adapter: Path | None, layout: str, dtype) -> None:
-    # Where a merged model came from is otherwise lost; a small side file keeps it.
+def _model_config(model_path: Path):
+    from .models import CheckpointError, SHAPES, read_model_config, shape_config
+
+    if model_path.is_dir():
+        return read_model_config(model_path)
+    if str(model_path) in SHAPES:
+        return "native", shape_config(str(model_path))
+    raise CheckpointError(f"{model_path}: not a model folder and not a known shape (shapes: {', '.join(SHAPES)})")
+
+
+def _export_official_adapter(model_path: Path, adapter: Path, stage: Path, dtype, base_path_override) -> ExportResult:
+    """A LoRA adapter as PEFT saves one for THUDM's ChatGLM3 code; the base model's config gives the shapes."""
+    from .methods.adapters import save_official_lora
+    from .models import resolve_dtype
+
+    base_layout, config = _model_config(model_path)
+    target = resolve_dtype(dtype, "cpu", None) if dtype is not None else None
+    base = base_path_override or (str(model_path.resolve()) if model_path.is_dir() else str(model_path))
+    save_official_lora(adapter, config, stage, base_path=base, dtype=target)
+    notes = []
+    if base_layout != "chatglm3" and base_path_override is None:
+        notes.append(f"the adapter records {base} as its base model, which is not a THUDM ChatGLM3 folder; "
+                     "THUDM's code loads the base from there: pass --base-path with the official chatglm3-6b "
+                     "folder (or hub name) the adapter was trained on")
+    return ExportResult(out_dir=stage, layout="chatglm3", dtype=target, merged_adapter=None, notes=notes)
+
+
+def _provenance(model_path: Path, adapter: Path | None, prefix: Path | None, layout: str, kind: str) -> dict:
+    # Where a result came from is otherwise lost; the manifest keeps it beside the list of files written.
     from . import __version__
 
-    info = {"glmtune_version": __version__, "base_model": str(model_path),
-            "merged_adapter": str(adapter) if adapter else None, "layout": layout,
-            "dtype": str(dtype).replace("torch.", "")}
-    (out_dir / "glmtune_export.json").write_text(json.dumps(info, indent=2) + "\n")
+    return {"glmtune_version": __version__, "kind": kind, "base_model": str(model_path),
+            "merged_adapter" if kind == "model" else "adapter": str(adapter or prefix) if adapter or prefix else None,
+            "layout": layout}

@@ -28,6 +28,15 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _OFFICIAL_KEY = re.compile(r"^base_model\.model\.transformer\.encoder\.layers\.(\d+)\.(self_attention|mlp)\."
                            r"(query_key_value|dense|dense_h_to_4h|dense_4h_to_h)\.(lora_A|lora_B|lora_magnitude_vector)"
                            r"(\.weight)?$")
+# One text for every place that refuses to merge a prefix (export, merge_adapter): what works instead.
+PTUNING_MERGE_ADVICE = (
+    "a P-Tuning v2 prefix cannot be merged into the weights: it adds key/value vectors in front of every "
+    "sequence instead of changing a weight matrix. What works: (1) use it as it is with glmtune: "
+    "`glmtune chat/serve/eval --model BASE --prefix DIR`; (2) for THUDM's own code: "
+    "`glmtune export --model BASE --prefix DIR --layout chatglm3 --out OUT` writes the checkpoint folder the "
+    "official finetune_demo/inference_hf.py loads (base weights + prefix encoder + pre_seq_len in config.json); "
+    "(3) train a LoRA adapter instead (method: lora), which merges into one model"
+)
 _NATIVE_PARENT = {"query_key_value": "self_attn", "dense": "self_attn", "dense_h_to_4h": "mlp", "dense_4h_to_h": "mlp"}
 
 
@@ -171,12 +180,7 @@ def merge_adapter(model: nn.Module):
     from .ptuning import PrefixModel
 
     if isinstance(model, PrefixModel):
-        raise MethodError(
-            "a P-Tuning v2 model cannot be merged: its prefix is extra keys/values per layer, not a weight change. "
-            "Options: serve or chat with the base model plus --prefix DIR, or export the base model and ship the "
-            "prefix folder (prefix_encoder.safetensors + config.json) beside it, or fine-tune with LoRA to get a "
-            "mergeable result"
-        )
+        raise MethodError(PTUNING_MERGE_ADVICE)
     if isinstance(model, PeftModel):
         merged = model.merge_and_unload()
         merged.eval()
@@ -184,3 +188,134 @@ def merge_adapter(model: nn.Module):
     if isinstance(model, GlmForCausalLM):
         return model
     raise MethodError(f"cannot merge a {type(model).__name__}; expected a LoRA (PEFT) model or GlmForCausalLM")
+
+
+# --- native (glmtune/PEFT) LoRA -> official ChatGLM3 layout -------------------------------------------------
+
+_NATIVE_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\."
+                         r"(q_proj|k_proj|v_proj|o_proj|gate_up_proj|down_proj)\.(lora_A|lora_B)\.weight$")
+_OFFICIAL_OF = {native: official for official, natives in OFFICIAL_MODULE_NAMES.items() for native in natives}
+_OFFICIAL_PARENT = {"query_key_value": "self_attention", "dense": "self_attention",
+                    "dense_h_to_4h": "mlp", "dense_4h_to_h": "mlp"}
+# The fields every PEFT release since 0.4 reads (the official demo pins 0.7-0.10); newer
+# fields such as use_dora, use_rslora or layer_replication make older releases fail on load.
+OFFICIAL_CONFIG_FIELDS = ("peft_type", "task_type", "inference_mode", "base_model_name_or_path", "revision", "r",
+                          "target_modules", "lora_alpha", "lora_dropout", "fan_in_fan_out", "bias",
+                          "modules_to_save", "init_lora_weights", "layers_to_transform", "layers_pattern")
+
+
+def lora_scaling(cfg: dict, source: Path) -> float:
+    """The factor PEFT multiplies B·A by: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise MethodError(f"{source}: per-module rank_pattern/alpha_pattern cannot be exported to the official "
+                          "layout; train with one rank and alpha for all modules")
+    r, alpha = cfg.get("r", 8), cfg.get("lora_alpha", 8)
+    return alpha / r**0.5 if cfg.get("use_rslora") else alpha / r
+
+
+def _native_lora_modules(state: dict[str, torch.Tensor], source: Path) -> dict[tuple[int, str], dict[str, torch.Tensor]]:
+    """(layer, native module) -> {"lora_A": A, "lora_B": B}; refuses what the official layout cannot hold."""
+    modules: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for name, tensor in state.items():
+        m = _NATIVE_KEY.match(name)
+        if not m:
+            raise MethodError(f"{source}: tensor {name!r} cannot be expressed in the official ChatGLM3 layout "
+                              "(only LoRA A/B of q/k/v/o_proj, gate_up_proj and down_proj can)")
+        modules.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = tensor
+    return modules
+
+
+def official_lora_state(cfg: dict, state: dict[str, torch.Tensor], config, source: Path,
+                        fuse_rows=None) -> tuple[dict[str, torch.Tensor], int]:
+    """Official ChatGLM3 LoRA tensors with the same update as a native adapter, and their common rank.
+
+    q/k/v fuse into ``query_key_value``: A stacked [A_q; A_k; A_v] and B
+    block-diagonal, so B'·A' = [B_q·A_q; B_k·A_k; B_v·A_v]; rows follow the
+    fused weight's order (``fuse_rows``, as the base weight is fused).
+    Every module is zero-padded to one rank, since the PEFT releases the
+    official demo pins read a single ``r``; zero rows add nothing to B·A.
+    """
+    if cfg.get("use_dora"):
+        raise MethodError(f"{source}: a DoRA adapter cannot be written in the official ChatGLM3 layout (the "
+                          "official code applies plain LoRA); export it merged instead (drop --adapter-only)")
+    if cfg.get("modules_to_save"):
+        raise MethodError(f"{source}: modules_to_save {cfg['modules_to_save']} cannot be written in the official "
+                          "LoRA layout; export the model merged instead (drop --adapter-only)")
+    r = int(cfg.get("r", 8))
+    sizes = dict(zip(("q_proj", "k_proj", "v_proj"), qkv_split_sizes(config)))
+    modules = _native_lora_modules(state, source)
+    fused: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    for (layer, native), ab in sorted(modules.items()):
+        if set(ab) != {"lora_A", "lora_B"}:
+            raise MethodError(f"{source}: layer {layer} {native} lacks lora_A or lora_B")
+        if native not in sizes:
+            fused[(layer, _OFFICIAL_OF[native])] = (ab["lora_A"], ab["lora_B"])
+    for layer in sorted({layer for layer, native in modules if native in sizes}):
+        parts = {n: modules[(layer, n)] for n in sizes if (layer, n) in modules}
+        fused[(layer, "query_key_value")] = _fused_qkv_lora(parts, sizes, r, f"{source}: layer {layer}", fuse_rows)
+    rank = max(a.shape[0] for a, _ in fused.values())
+    out: dict[str, torch.Tensor] = {}
+    for (layer, official), (a, b) in fused.items():
+        key = f"base_model.model.transformer.encoder.layers.{layer}.{_OFFICIAL_PARENT[official]}.{official}"
+        out[f"{key}.lora_A.weight"] = torch.cat([a, a.new_zeros(rank - a.shape[0], a.shape[1])]).contiguous()
+        out[f"{key}.lora_B.weight"] = torch.cat([b, b.new_zeros(b.shape[0], rank - b.shape[1])], dim=1).contiguous()
+    return out, rank
+
+
+def _fused_qkv_lora(parts: dict[str, dict[str, torch.Tensor]], sizes: dict[str, int], r: int, where: str,
+                    fuse_rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A', B') of one fused query_key_value: A stacked, B block-diagonal (zero rows for an untargeted part)."""
+    a = torch.cat([ab["lora_A"] for ab in parts.values()], dim=0)
+    blocks, column = [], 0
+    for name, rows in sizes.items():
+        block = a.new_zeros(rows, a.shape[0])
+        if name in parts:
+            b = parts[name]["lora_B"]
+            if tuple(b.shape) != (rows, r):
+                raise MethodError(f"{where} {name}.lora_B has shape {tuple(b.shape)}, but this base model and r {r} "
+                                  f"need {(rows, r)}; pass the base model the adapter was trained on")
+            block[:, column:column + r] = b
+            column += r
+        blocks.append(block)
+    return a, (fuse_rows(blocks) if fuse_rows else torch.cat(blocks, dim=0))
+
+
+def official_lora_config(cfg: dict, rank: int, scaling: float, targets: list[str], base_path: str | None) -> dict:
+    """``adapter_config.json`` for the official layout: only fields old PEFT reads; alpha keeps the scaling."""
+    alpha = scaling * rank
+    values = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "inference_mode": True, "base_model_name_or_path": base_path,
+        "revision": None, "r": rank, "target_modules": targets,
+        "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+        "lora_dropout": cfg.get("lora_dropout", 0.0), "fan_in_fan_out": False, "bias": "none",
+        "modules_to_save": None, "init_lora_weights": True, "layers_to_transform": cfg.get("layers_to_transform"),
+        "layers_pattern": cfg.get("layers_pattern"),
+    }
+    return {k: values[k] for k in OFFICIAL_CONFIG_FIELDS}
+
+
+def save_official_lora(adapter_dir: str | os.PathLike, config, out_dir: str | os.PathLike, *,
+                       base_path: str | None, dtype: torch.dtype | None = None, fuse_rows=None) -> list[Path]:
+    """Write the adapter in ``adapter_dir`` as PEFT saves a LoRA for THUDM's ChatGLM3 code (same update).
+
+    ``config`` is the base model's GlmConfig (row sizes of the fused layer);
+    ``dtype`` None keeps the adapter's own dtype.
+    """
+    from safetensors.torch import save_file
+
+    folder, out = Path(adapter_dir), Path(out_dir)
+    cfg = read_adapter_config(folder)
+    path = adapter_weights_file(folder)
+    state = read_adapter_state(path)
+    if is_official(cfg, state):
+        state = convert_official_state(state, config, path)
+    state, rank = official_lora_state(cfg, state, config, path, fuse_rows)
+    present = {k.split(".")[-3] for k in state}
+    targets = [name for name in OFFICIAL_MODULE_NAMES if name in present]
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config_json = official_lora_config(cfg, rank, lora_scaling(cfg, folder / "adapter_config.json"), targets, base_path)
+    (out / "adapter_config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+    return [out / "adapter_model.safetensors", out / "adapter_config.json"]

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..models.checkpoint import INDEX_FILES, iter_tensors, weight_files
+from ..models.checkpoint import INDEX_FILES, iter_tensors, safetensors_header, weight_files
 from ..models.convert import CheckpointError
 from .errors import MethodError
 from .options import PrefixOptions
@@ -185,3 +185,36 @@ def load_prefix_state(model: PrefixModel, folder: str | os.PathLike) -> None:
     state, source = read_prefix_state(folder)
     check_prefix_shape(state, model.options, model.config, source)
     load_prefix_weights(model, state, source)
+
+
+def add_prefix_to_checkpoint(model: PrefixModel, folder: str | os.PathLike, *, dtype: torch.dtype) -> list[Path]:
+    """Turn a chatglm3-layout model folder into the official P-Tuning v2 checkpoint of ``model``'s prefix.
+
+    What the official fine-tune demo saves and ``finetune_demo/inference_hf.py``
+    loads with THUDM's code: the whole model, ``transformer.prefix_encoder.*``
+    among its weights (here a ``prefix_encoder.safetensors`` shard listed in the
+    index), and ``pre_seq_len`` / ``prefix_projection`` in config.json.
+    """
+    folder = Path(folder)
+    glm = find_glm(model.base_model).config
+    if model.options.prefix_projection and model.prefix_encoder.trans[0].out_features != glm.hidden_size:
+        raise MethodError(f"prefix_hidden_size {model.prefix_encoder.trans[0].out_features} differs from the "
+                          f"model's hidden_size {glm.hidden_size}; the official PrefixEncoder always uses hidden_size, "
+                          "so this prefix cannot be written as an official checkpoint (use it with glmtune --prefix)")
+    state = {OFFICIAL_PREFIX + k: v.detach().to(dtype).contiguous().cpu()
+             for k, v in model.prefix_encoder.state_dict().items()}
+    save_file(state, str(folder / PREFIX_FILE), metadata={"format": "pt"})
+    index_path = folder / INDEX_FILES[0]
+    if index_path.is_file():
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    else:  # one model.safetensors: an index is what makes loaders read the prefix shard too
+        header = safetensors_header(folder / "model.safetensors")
+        size = sum(end - start for _, _, start, end in header.values())
+        index = {"metadata": {"total_size": size}, "weight_map": dict.fromkeys(header, "model.safetensors")}
+    index["weight_map"].update(dict.fromkeys(state, PREFIX_FILE))
+    index["metadata"]["total_size"] += sum(t.numel() * t.element_size() for t in state.values())
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    cfg.update(pre_seq_len=model.options.num_virtual_tokens, prefix_projection=model.options.prefix_projection)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return [folder / PREFIX_FILE, index_path, folder / "config.json"]
