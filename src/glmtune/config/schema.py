@@ -121,6 +121,9 @@ class TrainingConfig:
     """Keep only the newest K checkpoints (null keeps all)."""
     resume: bool | int | str | None = None
     """Resume: ``auto``/``yes``/``latest`` (newest checkpoint), a step number, or a checkpoint folder."""
+    resume_allow_changes: bool = False
+    """Resume even though training options differ from the run's config.yaml (recorded beside it as
+    config-resume-STEP.yaml); without it such a resume is refused, listing the differences."""
     dataloader_num_workers: int = 0
     """Worker processes that build batches (0 = in the training process)."""
     deepspeed: str | None = None

@@ -20,7 +20,8 @@ class JsonlLogCallback(TrainerCallback):
     Only the world process zero writes (every process keeps ``last_loss``).
 
     tokens/s counts non-padding tokens only (``GlmTrainer.real_tokens``), over
-    the wall time since the previous log event, so it shows the current speed.
+    the wall time since the previous log event less the time spent evaluating
+    (``GlmTrainer.eval_seconds``), so it shows the current training speed.
     """
 
     def __init__(self, path: Path, trainer=None):
@@ -28,12 +29,14 @@ class JsonlLogCallback(TrainerCallback):
         self.trainer = trainer
         self._last_time = None
         self._last_tokens = 0
+        self._last_eval = 0.0
         self.last_loss: float | None = None
         self.last_tokens_per_second: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.perf_counter()
         self._last_tokens = self.trainer.real_tokens if self.trainer else 0
+        self._last_eval = self.trainer.eval_seconds if self.trainer else 0.0
         if not state.is_world_process_zero or not self.path.is_file():
             return  # one process writes the log
         # Drop lines past the starting step: a resume replays them, and a fresh start owns an empty log.
@@ -47,12 +50,12 @@ class JsonlLogCallback(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
         if "loss" in logs and self.trainer is not None:
-            now = time.perf_counter()
+            now, evaluating = time.perf_counter(), self.trainer.eval_seconds
             tokens = self.trainer.real_tokens - self._last_tokens
-            elapsed = max(now - (self._last_time or now), 1e-9)
+            elapsed = max(now - (self._last_time or now) - (evaluating - self._last_eval), 1e-9)
             record["tokens_per_second"] = round(tokens / elapsed, 2)
             self.last_tokens_per_second = record["tokens_per_second"]
-            self._last_time, self._last_tokens = now, self.trainer.real_tokens
+            self._last_time, self._last_tokens, self._last_eval = now, self.trainer.real_tokens, evaluating
             self.last_loss = float(logs["loss"])
         record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
         if not state.is_world_process_zero:
@@ -106,15 +109,24 @@ class StopOnSignalCallback(TrainerCallback):
 
     The handler only sets a flag (signal handlers must not do I/O in the middle
     of a step); the callback turns it into ``should_save`` + ``should_training_stop``
-    at the end of the step. A second signal restores the default behaviour, so
-    pressing Ctrl-C twice still kills a stuck run.
+    at the end of the step, or after an evaluation (which itself stops at its
+    next generated batch, see ``GenerationEval.should_stop``). A second signal
+    does not abandon the checkpoint being made; a third restores the default
+    behaviour, so a stuck run can still be killed (the newest complete checkpoint stays).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    PATIENCE = 2
+    """Signals absorbed before the default behaviour comes back."""
 
     def __init__(self):
         self.received: int | None = None
+        self.count = 0
         self._previous: dict[int, object] = {}
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.received is not None
 
     def install(self) -> None:
         import threading
@@ -130,15 +142,41 @@ class StopOnSignalCallback(TrainerCallback):
         self._previous.clear()
 
     def _handle(self, signum, frame):
-        self.received = signum
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        print(f"\nglmtune: {signal.Signals(signum).name} received; saving a checkpoint after this step "
-              "(send it again to stop at once)", file=sys.stderr)
+        self.count += 1
+        self.received = self.received or signum
+        name = signal.Signals(signum).name
+        if self.count >= self.PATIENCE:
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            print(f"\nglmtune: {name} again; still saving the checkpoint of the last finished step "
+                  "(send it once more to exit at once, without it)", file=sys.stderr)
+            return
+        print(f"\nglmtune: {name} received; saving a checkpoint after this step "
+              "(an evaluation in progress stops at its next batch)", file=sys.stderr)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def _stop(self, control):
         if _any_process(self.received is not None):
             control.should_save = True
             control.should_training_stop = True
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self._stop(control)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        return self._stop(control)  # a signal that arrived while evaluating: save now, not after another step
+
+
+class OfficialEvalSchedule(TrainerCallback):
+    """Evaluate only every ``eval_steps`` steps, as the official run (transformers 4.40) does.
+
+    transformers >= 4.46 also evaluates at the last step when it is not a
+    multiple of ``eval_steps``; with generation (50 samples x 512 tokens) that is
+    minutes the official demo never spends. Runs after HF's DefaultFlowCallback.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.eval_strategy == "steps" and state.eval_steps and state.global_step % state.eval_steps != 0:
+            control.should_evaluate = False
         return control
 
 

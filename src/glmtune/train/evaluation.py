@@ -12,9 +12,15 @@ it. Predictions go to ``predictions.jsonl`` and scores to ``metrics.json`` in
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class _Stopped(Exception):
+    """A stop was requested (SIGINT/SIGTERM) while generating: the evaluation is abandoned."""
 
 
 @dataclass
@@ -29,20 +35,42 @@ class GenerationEval:
     """``glmtune.infer.evaluate.EvalSettings`` (batch size, max_new_tokens, max_input_length, max_samples)."""
     write: bool = True
     """Write predictions and metrics (the world process zero only; every process generates the same)."""
+    should_stop: Callable[[], bool] | None = None
+    """Asked after each generated batch: True abandons the evaluation (no scores, nothing written)."""
+    progress: bool = True
+    """Show a progress bar (samples generated) on stderr."""
 
     def run(self, model, name: str) -> dict[str, float]:
         """Scores of ``model``; predictions and metrics written under ``out_dir/name``."""
+        from tqdm.auto import tqdm
+
         from ..infer.evaluate import evaluate, write_results
 
-        if not self.conversations:
+        if not self.conversations or self._stop():
             return {}
         started = time.perf_counter()
-        result = evaluate(model, self.tokenizer, self.conversations, self.settings)
+        bar = tqdm(desc=f"eval {name}", unit="sample", disable=not self.progress, leave=False,
+                   dynamic_ncols=True, file=sys.stderr)
+
+        def advance(done: int) -> None:
+            bar.update(done)
+            if self._stop():
+                raise _Stopped
+
+        try:
+            result = evaluate(model, self.tokenizer, self.conversations, self.settings, progress=advance)
+        except _Stopped:
+            return {}
+        finally:
+            bar.close()
         if not result.num_samples:
             return {}
         if self.write:
             write_results(result, self.out_dir / name, {"seconds": round(time.perf_counter() - started, 2)})
         return result.metrics
+
+    def _stop(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
 
 
 def eval_settings(cfg, max_samples: int | None):

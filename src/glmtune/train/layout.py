@@ -23,10 +23,18 @@ file is flushed to disk, so a folder named ``checkpoint-N`` is always
 complete; a crash leaves at most a ``.tmp-*`` folder, which resume ignores
 and the next save removes. An existing run is never silently overwritten:
 ``output.if_exists`` says refuse (default), resume or overwrite.
+
+Overwrite removes only what glmtune wrote: ``.glmtune-run.json`` lists the
+entries of the folder a run created (a name that existed before, say the
+user's own ``test/``, is never claimed), plus ``checkpoint-N``/``.tmp-*``
+folders. A folder that is, or contains, the working folder, a data file or the
+model folder is refused for overwrite. ``.glmtune.lock`` is held (``flock``)
+by the process writing the run; the kernel drops it when that process dies.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -41,6 +49,21 @@ STATE_FILE = "trainer_state.json"
 RESUME_LATEST = ("auto", "yes", "latest", "true")
 LOG_FILE = "trainer_log.jsonl"
 FINAL_DIR = "final"
+MANIFEST = ".glmtune-run.json"
+LOCK_FILE = ".glmtune.lock"
+# Every top-level name a run may create (checkpoint-N and .tmp-* are matched by pattern).
+RUN_NAMES = ("config.yaml", "data_report.json", LOG_FILE, FINAL_DIR, "eval", "test", "runs", "loss.png",
+             "eval_loss.png", LOCK_FILE, MANIFEST)
+RESUMED_CONFIG_RE = re.compile(r"^config-resume-\d+\.yaml$")
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """A checkpoint folder whose trainer state (written last) is there and readable."""
+    try:
+        json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
@@ -50,7 +73,7 @@ def checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for child in output_dir.iterdir():
         match = CHECKPOINT_RE.match(child.name)
-        if match and child.is_dir() and (child / STATE_FILE).is_file():
+        if match and child.is_dir() and is_complete(child):
             found.append((int(match.group(1)), child))
     return sorted(found)
 
@@ -84,16 +107,69 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
         return found[-1][1] if found else None
     if resume.isdigit():
         path = output_dir / f"checkpoint-{int(resume)}"
-        if not (path / STATE_FILE).is_file():
+        if not is_complete(path):
             steps = [str(n) for n, _ in checkpoints(output_dir)] or ["none"]
             raise ConfigError(f"training.resume={resume}: no complete checkpoint-{resume} in {output_dir} "
                               f"(available steps: {', '.join(steps)}); pick one of them, or 'yes' for the newest")
         return path
     path = Path(resume)
-    if not (path / STATE_FILE).is_file():
+    if not is_complete(path):
         raise ConfigError(f"training.resume={resume}: not a complete checkpoint folder (no {STATE_FILE}); "
                           "give a checkpoint-N folder, a step number, or 'yes' for the newest")
     return path
+
+
+def _claimed(output_dir: Path) -> set[str]:
+    try:
+        return set(json.loads((output_dir / MANIFEST).read_text(encoding="utf-8"))["created"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def claim_run_names(output_dir: Path) -> None:
+    """Record which run names this folder did not hold before glmtune (those glmtune may remove later)."""
+    claimed = _claimed(output_dir)
+    present = {child.name for child in output_dir.iterdir()}
+    created = sorted(claimed | {name for name in RUN_NAMES if name not in present} | {MANIFEST})
+    tmp = output_dir / f"{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"created": created}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, output_dir / MANIFEST)
+
+
+def run_artifacts(output_dir: Path) -> list[Path]:
+    """What an overwrite may remove: entries glmtune created (manifest), checkpoints, partial saves."""
+    claimed = _claimed(output_dir)
+    if not claimed:  # a run from before the manifest: only names no user would pick for their own files
+        claimed = set(RUN_NAMES) - {"eval", "test", "runs"}
+    found = []
+    for child in output_dir.iterdir():
+        name = child.name
+        if (name in claimed or CHECKPOINT_RE.match(name) or RESUMED_CONFIG_RE.match(name)
+                or (name.startswith(TMP_PREFIX) and child.is_dir())):
+            found.append(child)
+    return sorted(found, key=lambda p: p.name == MANIFEST)  # the manifest last: an interrupted removal can go on
+
+
+def remove_run(output_dir: Path) -> None:
+    """Delete a previous run's artifacts, never anything else in the folder (nor the lock we hold)."""
+    for path in run_artifacts(output_dir):
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def check_overwrite_target(output_dir: Path, protected: dict[str, Path]) -> None:
+    """Refuse overwrite in a folder that is, or contains, the working folder, the data or the model."""
+    out = output_dir.resolve()
+    for what, path in {"the working folder": Path.cwd(), **protected}.items():
+        path = path.resolve()
+        if path == out or out in path.parents:
+            raise ConfigError(f"output.dir {output_dir} {'is' if path == out else 'contains'} {what} ({path}); "
+                              "output.if_exists=overwrite there could delete it. Use a run folder of its own, "
+                              "e.g. output.dir=runs/NAME")
 
 
 def prepare_output(output_dir: Path, if_exists: str, resume: str | None) -> Path | None:
@@ -107,17 +183,43 @@ def prepare_output(output_dir: Path, if_exists: str, resume: str | None) -> Path
             remove_partial(output_dir)
             return resolve_resume("auto", output_dir)
         if if_exists == "overwrite":
-            shutil.rmtree(output_dir)
+            remove_run(output_dir)
         else:
             newest = checkpoints(output_dir)
             hint = f" (newest: checkpoint-{newest[-1][0]})" if newest else ""
             raise ConfigError(
                 f"output.dir {output_dir} already holds a run{hint}; resume it with training.resume=yes "
                 "(official command: add 'yes' or a step number), choose another output.dir, "
-                "or set output.if_exists=overwrite to delete it"
+                "or set output.if_exists=overwrite to delete what the earlier run wrote"
             )
     output_dir.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def lock_output(output_dir: Path) -> int:
+    """Create ``output_dir`` and hold its lock (a file descriptor; close it to release).
+
+    ``flock`` belongs to the open file: the kernel releases it when the
+    process ends however it ends (kill -9 included), so a stale lock file never blocks.
+    """
+    import fcntl  # POSIX only; imported here so the module still imports elsewhere
+
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"output.dir {output_dir} is not writable ({exc.strerror}); choose a writable "
+                          "output.dir (or fix the folder's permissions / free the disk)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(f"output.dir {output_dir} is in use by another glmtune process (pid {holder}); wait "
+                          "for it to finish or stop it, or choose another output.dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def remove_partial(output_dir: Path) -> None:

@@ -8,6 +8,7 @@ device (``args.device``), and only the world process zero writes files.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -15,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, TrainConfig, save_config
-from .callbacks import JsonlLogCallback, ProgressCallback, StopOnSignalCallback
+from ..files import apply_umask
+from .callbacks import JsonlLogCallback, OfficialEvalSchedule, ProgressCallback, StopOnSignalCallback
 from .evaluation import GenerationEval, eval_settings
-from .layout import FINAL_DIR, LOG_FILE, TMP_PREFIX, commit_folder, prepare_output
+from .layout import (FINAL_DIR, LOG_FILE, TMP_PREFIX, check_overwrite_target, claim_run_names, commit_folder,
+                     lock_output, prepare_output)
 from .plots import plot_losses
+from .resume import check_resume_config, finished
 from .setup import Precision, cast_trainable_to_fp32, resolve_precision, training_arguments, weights_device
-from .trainer import GlmTrainer, write_json
+from .trainer import GlmTrainer, TrainingError, save_failure, write_json
 
 
 @dataclass
@@ -75,7 +79,12 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
     from ..methods import prepare
     from ..models import SHAPES, load_model
 
+    from transformers import set_seed  # deferred: heavy
+
     vocab = tokenizer.vocab_size if cfg.model.path in SHAPES else None
+    # Seeded before any weight is created: LoRA matrices and P-Tuning prefixes are initialised by prepare(),
+    # before the Trainer seeds (it is built after the model), so training.seed must hold from here.
+    set_seed(cfg.training.seed)
     model = load_model(cfg.model.path, dtype=precision.storage, device=device,
                        vocab_size=vocab, seed=cfg.training.seed)
     model.config.use_cache = False  # no KV cache in training: it only costs memory
@@ -128,35 +137,96 @@ def _attach_callbacks(trainer: GlmTrainer, out: Path, quiet: bool):
         trainer.remove_callback(cb)
     log = JsonlLogCallback(out / LOG_FILE, trainer)
     stopper = StopOnSignalCallback()
-    for cb in (log, ProgressCallback(log, enabled=not quiet), stopper):
+    for cb in (OfficialEvalSchedule(), log, ProgressCallback(log, enabled=not quiet), stopper):
         trainer.add_callback(cb)
+    if trainer.generation_eval is not None:
+        trainer.generation_eval.should_stop = lambda: stopper.stop_requested
+        trainer.generation_eval.progress = not quiet
     return log, stopper
 
 
-def _prepare_run(cfg: TrainConfig, quiet: bool):
-    """Arguments, run folder, data and model, in that order (cheap checks before the model load).
+def _protected_paths(cfg: TrainConfig) -> dict[str, Path]:
+    """What an overwrite must never reach: the data files and the model/tokenizer folders."""
+    base = Path(cfg.data.data_dir or ".")
+    files = [cfg.data.train_file, cfg.data.val_file, cfg.data.test_file, *cfg.data.train_files]
+    found = {f"the data file {name}": base / name for name in files if name}
+    for what, path in (("the model folder", cfg.model.path), ("the tokenizer folder", cfg.model.tokenizer)):
+        if path and Path(path).exists():
+            found[what] = Path(path)
+    return found
 
-    Under torchrun every process runs this; the world process zero applies the
-    output policy first (it may delete a run), the local main builds the data
-    cache first, and only the world process zero writes files.
-    """
+
+@dataclass
+class _Run:
+    """A run folder opened for writing: arguments, lock, checkpoint to resume from."""
+
+    cfg: TrainConfig
+    out: Path
+    precision: Precision
+    args: object
+    quiet: bool
+    resume_from: Path | None = None
+    lock: int | None = None
+
+    def close(self) -> None:
+        if self.lock is not None:
+            os.close(self.lock)  # releases the flock
+            self.lock = None
+
+
+def _open_run(cfg: TrainConfig, quiet: bool) -> _Run:
+    """Arguments, then the run folder: locked, existing-run policy applied, resume checked (no model yet)."""
     out = Path(cfg.output.dir)
     precision = resolve_precision(cfg)
     args = training_arguments(cfg, precision, str(out), _may_evaluate(cfg))
-    quiet = quiet or not args.should_save
+    run = _Run(cfg, out, precision, args, quiet or not args.should_save)
+    if cfg.output.if_exists == "overwrite":
+        check_overwrite_target(out, _protected_paths(cfg))
     with args.main_process_first(local=False, desc="output folder"):
-        resume_from = prepare_output(out, cfg.output.if_exists, cfg.training.resume)
+        if args.should_save:
+            run.lock = lock_output(out)  # one writer per folder; the world process zero writes
+        try:
+            run.resume_from = prepare_output(out, cfg.output.if_exists, cfg.training.resume)
+            if args.should_save:
+                claim_run_names(out)
+            if run.resume_from is not None:
+                changes = check_resume_config(cfg, run.resume_from, write=args.should_save)
+                if changes:
+                    _say(f"resuming with changed options (training.resume_allow_changes): {'; '.join(changes)}",
+                         run.quiet)
+        except BaseException:
+            run.close()
+            raise
+    return run
+
+
+def _prepare_run(run: _Run):
+    """Data and model (under torchrun the local main builds the data cache first; process zero writes)."""
+    cfg, out, args, quiet = run.cfg, run.out, run.args, run.quiet
     with args.main_process_first(desc="data preparation"):
         tokenizer, splits = load_inputs(cfg, quiet)
-    if args.should_save:
+    if args.should_save and run.resume_from is None:  # a resumed run keeps its recorded config and report
         save_config(cfg, out / "config.yaml")
         write_json(out / "data_report.json", splits.report.to_dict())
-    prepared = load_prepared(cfg, precision, tokenizer, weights_device(precision, args))
+    prepared = load_prepared(cfg, run.precision, tokenizer, weights_device(run.precision, args))
     from ..methods import format_parameter_counts
     _say(f"{cfg.method.name}: {format_parameter_counts(prepared.model)}", quiet)
-    _say(f"device {args.device}, compute {precision.compute}, frozen weights {precision.storage}", quiet)
-    trainer = build_trainer(cfg, prepared, tokenizer, splits, precision, out, args)
-    return trainer, prepared, tokenizer, splits, resume_from, quiet
+    _say(f"device {args.device}, compute {run.precision.compute}, frozen weights {run.precision.storage}", quiet)
+    trainer = build_trainer(cfg, prepared, tokenizer, splits, run.precision, out, args)
+    return trainer, prepared, tokenizer, splits
+
+
+def _already_done(run: _Run) -> TrainResult | None:
+    """A resume of a run that already reached its last step: say so and do nothing."""
+    if run.resume_from is None:
+        return None
+    step = finished(run.cfg, run.resume_from)
+    if step is None:
+        return None
+    final = run.out / FINAL_DIR
+    _say(f"the run in {run.out} is complete ({run.resume_from.name}, step {step} of {step}); nothing to do. "
+         "To train further, raise training.max_steps and set training.resume_allow_changes=true", run.quiet)
+    return TrainResult(run.out, final if final.is_dir() else None, None, step)
 
 
 def run_training(cfg: TrainConfig, *, quiet: bool = False, callbacks: list | None = None) -> TrainResult:
@@ -165,50 +235,81 @@ def run_training(cfg: TrainConfig, *, quiet: bool = False, callbacks: list | Non
     ``callbacks``: extra ``transformers.TrainerCallback`` objects. Raises
     :class:`ConfigError` / ``DataError`` / ``MethodError`` for bad input (before
     the model is loaded where possible) and :class:`TrainingError` when the
-    loss stops being finite.
+    loss stops being finite or a checkpoint cannot be written or read back.
+    The output folder is locked for the whole run.
     """
-    out = Path(cfg.output.dir)
-    trainer, prepared, tokenizer, splits, resume_from, quiet = _prepare_run(cfg, quiet)
+    run = _open_run(cfg, quiet)
+    try:
+        return _already_done(run) or _train(run, callbacks)
+    finally:
+        run.close()
+
+
+def _train(run: _Run, callbacks: list | None) -> TrainResult:
+    cfg, out = run.cfg, run.out
+    trainer, prepared, tokenizer, splits = _prepare_run(run)
+    quiet = run.quiet
     from ..methods import trainable_parameter_counts
 
     trainable, total = trainable_parameter_counts(prepared.model)
     for callback in callbacks or []:
         trainer.add_callback(callback)  # before ours: a stop they request is seen at the same step
     log, stopper = _attach_callbacks(trainer, out, quiet)
-    if resume_from is not None:
-        _say(f"resuming from {resume_from}", quiet)
+    if run.resume_from is not None:
+        _say(f"resuming from {run.resume_from}", quiet)
     stopper.install()
     try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        _fit(trainer, run.resume_from)
+        result = TrainResult(out, None, log.last_loss, trainer.state.global_step,
+                             trainable_params=trainable, total_params=total, model=prepared.model.eval())
+        result.metrics.update(_last_eval(trainer))
+        if stopper.received is None:
+            result.final_dir = _save_final(trainer, prepared, tokenizer, out)
+            _say(f"saved {cfg.method.name} result to {result.final_dir}", quiet)
+            result.metrics.update(_test_metrics(cfg, trainer, splits, tokenizer, out, stopper))
     finally:
         stopper.uninstall()
-    result = TrainResult(out, None, log.last_loss, trainer.state.global_step,
-                         trainable_params=trainable, total_params=total, model=prepared.model.eval())
-    result.metrics.update(_last_eval(trainer))
     if stopper.received is not None:
         result.interrupted = signal.Signals(stopper.received).name
-        _say(f"stopped by {result.interrupted} at step {result.global_step}; resume with training.resume=yes "
+        where = f"at step {result.global_step}" if result.final_dir is None else "during the test evaluation"
+        _say(f"stopped by {result.interrupted} {where}; resume with training.resume=yes "
              f"(official command: add 'yes')", quiet)
-    else:
-        result.final_dir = _save_final(trainer, prepared, tokenizer, out)
-        _say(f"saved {cfg.method.name} result to {result.final_dir}", quiet)
-        result.metrics.update(_test_metrics(cfg, trainer, splits, tokenizer, out))
     if cfg.output.plots and trainer.args.should_save:
         plot_losses(out)
     return result
+
+
+def _fit(trainer: GlmTrainer, resume_from: Path | None) -> None:
+    """``trainer.train``, with a checkpoint that cannot be read back turned into a clear error."""
+    import pickle
+
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except pickle.UnpicklingError as exc:
+        # torch.load(weights_only=True) refused an object in optimizer.pt / scheduler.pt / rng_state.pth.
+        reason = " ".join(str(exc).split())[:200]
+        raise TrainingError(f"cannot resume from {resume_from}: a state file there holds objects other than "
+                            f"tensors and was refused, since loading it could run code ({reason}); resume from "
+                            "a checkpoint glmtune wrote (training.resume=N) or start fresh in another "
+                            "output.dir") from None
 
 
 def _save_final(trainer: GlmTrainer, prepared, tokenizer, out: Path) -> Path:
     tmp, final = out / f"{TMP_PREFIX}{FINAL_DIR}", out / FINAL_DIR
     if trainer.args.should_save:
         shutil.rmtree(tmp, ignore_errors=True)
-        prepared.save(tmp)
-        tokenizer.save_pretrained(tmp)
-        if prepared.method == "full":
-            from ..models import write_generation_config
+        try:
+            prepared.save(tmp)
+            tokenizer.save_pretrained(tmp)
+            if prepared.method == "full":
+                from ..models import write_generation_config
 
-            write_generation_config(tmp, tokenizer)
+                write_generation_config(tmp, tokenizer)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise TrainingError(save_failure(out, FINAL_DIR, exc)) from None
         commit_folder(tmp, final)
+        apply_umask(final)  # safetensors writes 0600; the run's other files follow the umask
     trainer.accelerator.wait_for_everyone()  # no process goes on (test eval, exit) before final/ exists
     return final
 
@@ -220,11 +321,12 @@ def _last_eval(trainer: GlmTrainer) -> dict:
     return metrics
 
 
-def _test_metrics(cfg: TrainConfig, trainer: GlmTrainer, splits, tokenizer, out: Path) -> dict:
+def _test_metrics(cfg: TrainConfig, trainer: GlmTrainer, splits, tokenizer, out: Path, stopper) -> dict:
     if splits.test is None or not cfg.evaluation.generate:
         return {}
     generation = GenerationEval(splits.conversations("test"), tokenizer, out,
-                                eval_settings(cfg, cfg.evaluation.max_test_samples), write=trainer.args.should_save)
+                                eval_settings(cfg, cfg.evaluation.max_test_samples), write=trainer.args.should_save,
+                                should_stop=lambda: stopper.stop_requested, progress=trainer.args.should_save)
     scores = generation.run(trainer.model, "test")
     return {f"test_{k}": v for k, v in scores.items()}
 

@@ -7,7 +7,8 @@ What the subclass changes, and why:
   frozen 12 GB base; P-Tuning's model is a wrapper module, not a
   ``PreTrainedModel``, which HF's own ``_save`` would dump whole;
 * resume loads the trained parameters back in place (``_load_from_checkpoint``);
-* checkpoints are written to a temporary folder and renamed when complete;
+* checkpoints are HF's own (``super()._save_checkpoint``), written in a staging
+  folder and renamed when complete (:meth:`GlmTrainer._save_checkpoint`);
 * a non-finite loss stops the run at the step it happens, with the likely cause;
 * evaluation adds generation metrics (ROUGE/BLEU) to the eval loss;
 * real (non-padding) tokens are counted for the tokens/s figure;
@@ -22,15 +23,16 @@ import json
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
 from transformers import Trainer
-from transformers.trainer_callback import ExportableState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..files import apply_umask
 from .layout import STATE_FILE as TRAINER_STATE_NAME
-from .layout import TMP_PREFIX, commit_folder
+from .layout import TMP_PREFIX, checkpoints, commit_folder
 from .loss import answer_only_loss, find_lm_head
 
 
@@ -66,6 +68,9 @@ class GlmTrainer(Trainer):
         self.prepared = prepared
         self.generation_eval = generation_eval
         self.real_tokens = 0
+        self.eval_seconds = 0.0
+        """Wall time spent evaluating (tokens/s leaves it out)."""
+        self._staging: Path | None = None
         super().__init__(*args, **kwargs)
         self.lm_head = find_lm_head(self.model)
 
@@ -105,57 +110,53 @@ class GlmTrainer(Trainer):
         output_dir.mkdir(parents=True, exist_ok=True)
         self.prepared.save(output_dir)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        """HF's ``_save_checkpoint`` (same files and bookkeeping), written to a temporary folder and renamed.
+    def _get_output_dir(self, trial) -> str:
+        # Private HF hook, touched because HF's _save_checkpoint writes checkpoint-N straight into the folder
+        # this returns (no staging of its own): while we save, it returns our staging folder, so super()
+        # writes the whole checkpoint there and _save_checkpoint renames it when every file is done.
+        if self._staging is not None:
+            return str(self._staging)
+        return super()._get_output_dir(trial)
 
-        Every process writes into the temporary folder (its RNG state, DeepSpeed
-        shards); the world process zero renames it only after all of them are
-        done (a barrier on each side), so a ``checkpoint-N`` is never missing a rank's files.
+    def _save_checkpoint(self, model, trial) -> None:
+        """HF's checkpoint (``super()``: same files, bookkeeping, ``push_to_hub``), staged, then committed.
+
+        Every process writes into the staging folder (its RNG state, DeepSpeed
+        shards); the world process zero renames ``checkpoint-N`` out of it only
+        after all of them are done, so a ``checkpoint-N`` is never missing a file.
         """
-        run_dir = Path(self._get_output_dir(trial=trial))
+        run_dir = Path(super()._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        tmp, final = run_dir / f"{TMP_PREFIX}{name}", run_dir / name
+        staging = run_dir / f"{TMP_PREFIX}save"
         if self.args.should_save:
-            shutil.rmtree(tmp, ignore_errors=True)  # a crash's leftover of the same step
+            shutil.rmtree(staging, ignore_errors=True)  # a crash's leftover
         self.accelerator.wait_for_everyone()  # nobody writes before the old leftover is gone
-        if self.hp_search_backend is None and trial is None:
-            self.store_flos()
-        self.save_model(str(tmp), _internal_call=True)
-        self._note_best_checkpoint(run_dir)
-        if not self.args.save_only_model:
-            self._save_optimizer_and_scheduler(str(tmp))
-            self._save_scaler(str(tmp))
-            self._save_rng_state(str(tmp))
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as exc:  # disk full, folder made read-only, quota, ...
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise TrainingError(save_failure(run_dir, name, exc)) from None
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every rank's files are in the staging folder
         if self.args.should_save:
-            self._export_callback_states()
-            self.state.save_to_json(str(tmp / TRAINER_STATE_NAME))  # last file: marks the checkpoint complete
-        self.accelerator.wait_for_everyone()  # every rank's files are in tmp
-        if self.args.should_save:
-            commit_folder(tmp, final)
-            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint)
+            self._commit_checkpoint(staging, run_dir, name)
         self.accelerator.wait_for_everyone()  # the checkpoint is published for every rank
 
-    def _note_best_checkpoint(self, run_dir: Path) -> None:
-        """HF's bookkeeping: ``best_model_checkpoint`` follows ``best_global_step`` (kept by rotation)."""
-        best = self.state.best_global_step
-        if not best or self.args.save_strategy not in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST):
-            return
-        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best}"
-        # The current step's folder is still temporary here; it is published under this name below.
-        if best == self.state.global_step or folder.exists():
-            self.state.best_model_checkpoint = str(folder)
-
-    def _export_callback_states(self) -> None:
-        """HF's: stateful callbacks (early stopping, ...) and the control state go into trainer_state.json."""
-        for cb in [*self.callback_handler.callbacks, self.control]:
-            if not isinstance(cb, ExportableState):
-                continue
-            name = cb.__class__.__name__
-            if isinstance(self.state.stateful_callbacks.get(name), list):
-                self.state.stateful_callbacks[name].append(cb.state())
-            else:
-                self.state.stateful_callbacks[name] = cb.state()
+    def _commit_checkpoint(self, staging: Path, run_dir: Path, name: str) -> None:
+        final = commit_folder(staging / name, run_dir / name)
+        apply_umask(final)  # safetensors writes 0600; the run's other files follow the umask
+        shutil.rmtree(staging, ignore_errors=True)
+        best = self.state.best_model_checkpoint
+        if best and Path(best).parent == staging:  # HF noted the staged path: record the published one
+            self.state.best_model_checkpoint = str(final)
+            self.state.save_to_json(str(final / f"{TRAINER_STATE_NAME}.tmp"))
+            os.replace(final / f"{TRAINER_STATE_NAME}.tmp", final / TRAINER_STATE_NAME)
+        # The rotation super() did ran in the staging folder (nothing to rotate there): rotate the run's.
+        rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Resume: the method loads what it saved back in place (exact: trained weights are saved in fp32)."""
@@ -166,20 +167,41 @@ class GlmTrainer(Trainer):
         except MethodError as exc:
             raise TrainingError(f"cannot resume from {resume_from_checkpoint}: {exc}; resume with the config "
                                 "that wrote it, or start fresh") from None
+        except RuntimeError as exc:  # torch's load_state_dict: "size mismatch for ..." (e.g. LoRA rank changed)
+            detail = " ".join(str(exc).split())[:300]
+            raise TrainingError(f"cannot resume from {resume_from_checkpoint}: its weights do not fit this model "
+                                f"({detail}); the method options differ from the run that wrote it: resume with "
+                                "that run's config.yaml, or start fresh in another output.dir") from None
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     # -- evaluation --------------------------------------------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        if self.generation_eval is not None and eval_dataset is None:
-            scores = self.generation_eval.run(self.model, f"step-{self.state.global_step}")
+        started = time.perf_counter()
+        try:
+            scores = {}
+            if self.generation_eval is not None and eval_dataset is None:
+                # Generation first: super().evaluate ends with on_evaluate, which acts on a stop request
+                # that arrived while generating (the generation itself stops at its next batch).
+                scores = self.generation_eval.run(self.model, f"step-{self.state.global_step}")
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             extra = {f"{metric_key_prefix}_{k}": v for k, v in scores.items() if not math.isnan(v)}
             if extra:
                 self.log(extra)
                 metrics.update(extra)
-        return metrics
+            return metrics
+        finally:
+            self.eval_seconds += time.perf_counter() - started
+
+
+def save_failure(run_dir: Path, name: str, exc: Exception) -> str:
+    """One line for a checkpoint that could not be written: the OS's reason, what is safe, the fix."""
+    reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
+    newest = checkpoints(run_dir)
+    kept = f"the previous checkpoint {newest[-1][1].name} is intact" if newest else "no earlier checkpoint exists"
+    return (f"could not write {name} in {run_dir} ({reason}); {kept}. Free disk space or fix the folder's "
+            "permissions, then resume with training.resume=yes")
 
 
 def write_json(path: Path, data) -> None:
