@@ -37,4 +37,4 @@ def test_advertise_gen_official_layout(tokenizer):
                      columns={"content": "user", "summary": "assistant"}, cache=False)
     splits = prepare_splits(cfg, tokenizer)
     assert (len(splits.train), len(splits.validation)) == (3, 1)
-    assert splits.eval_prompts("validation")[0][1] == "红色复古长裙，优雅又有气场。"
+    assert splits.conversations("validation")[0].messages[-1].content == "红色复古长裙，优雅又有气场。"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from glmtune.data import DataConfig, DataError, prepare_splits
-from glmtune.data.chat_format import build_prompt, encode_chat
+from glmtune.data.chat_format import encode_chat
 from glmtune.data.messages import Conversation, Message
 
 
@@ -30,7 +30,7 @@ def test_official_layout_data_dir_and_split_files(tmp_path, tokenizer):
     assert (len(splits.train), len(splits.validation), splits.test) == (2, 1, None)
     conv = Conversation([Message("user", "e"), Message("assistant", "f")])
     assert splits.validation[0] == dict(zip(("input_ids", "labels"), encode_chat(conv, tokenizer)))
-    assert splits.eval_prompts("validation") == [(build_prompt([Message("user", "e")], tokenizer), "f")]
+    assert [m.content for m in splits.conversations("validation")[0].messages] == ["e", "f"]
     # Passing data_dir itself as base_dir (absolute or relative) must not join it twice.
     cfg_abs = DataConfig(data_dir=str(d), train_file="train.json", cache=False)
     assert len(prepare_splits(cfg_abs, tokenizer, base_dir=str(d)).train) == 2
@@ -56,10 +56,11 @@ def test_truncation_is_counted_and_unlearnable_samples_dropped(tmp_path, tokeniz
     cfg = DataConfig(train_file=str(path), max_input_length=20, max_output_length=20, cache=False)
     splits = prepare_splits(cfg, tokenizer)
     rep = splits.report.splits["train"]
-    assert rep.truncated == 1 and rep.dropped == {"no_labels_after_truncation": 1}
+    # The dropped record was over the limit too: it counts under truncation (and is named as a warning).
+    assert rep.truncated == 2 and rep.dropped == {"no_labels_after_truncation": 1}
     assert len(splits.train) == 2 and len(splits.train[1]["input_ids"]) == 41
     assert rep.length_percentiles["max"] > 300
-    assert any("t.jsonl:3: dropped" in e for e in rep.examples)
+    assert any("t.jsonl:3: warning: dropped (no_labels_after_truncation)" in e for e in rep.examples)
     drop = prepare_splits(DataConfig(train_file=str(path), max_seq_length=41, truncation="drop", cache=False), tokenizer)
     assert len(drop.train) == 1 and drop.report.splits["train"].dropped == {"too_long": 2}
 

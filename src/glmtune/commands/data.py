@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("input", metavar="INPUT", help="a data file (or a folder holding exactly one)")
     _common(e, None)
     e.add_argument("--for-generation", action="store_true",
-                   help="encode the prompt ending with <|assistant|> (trailing assistant turns are left out)")
+                   help="encode the generation prompt ending with <|assistant|>: a conversation ending with a user "
+                        "or observation turn as it is (no assistant turn needed); trailing assistant answers are "
+                        "left out (a trailing tool call is kept)")
     e.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
     e.set_defaults(func=run_encode)
 
@@ -81,13 +83,32 @@ def _one_file(path: str):
     return files[0]
 
 
-def _load(args: argparse.Namespace, path: str):
-    """(config, tokenizer, converted records, problems) of one input file (or a folder holding one)."""
-    from ..data.cli_support import load_conversations
+def _tokenizer(model: str):
+    """The tokenizer of ``--model``; a path that does not exist (e.g. a hub id) gets the no-download advice."""
+    from pathlib import Path
+
+    from ..errors import UserError
     from ..tokenizer import load_tokenizer
 
+    path = Path(model).expanduser()
+    if not path.exists():
+        text = (f"--model {model!r}: no such folder or file. glmtune does not download models: pass a local model "
+                "folder (or its tokenizer.model)")
+        parts = model.split("/")
+        if len(parts) == 2 and all(parts) and not model.startswith((".", "~")):
+            text += (f"; {model!r} looks like a Hugging Face hub id: download it first "
+                     f"(e.g. `huggingface-cli download {model} --local-dir models/{parts[1]}`)")
+        raise UserError(text)
+    return load_tokenizer(path)
+
+
+def _load(args: argparse.Namespace, path: str, prompt: bool = False):
+    """(config, tokenizer, converted records, problems) of one input file (or a folder holding one)."""
+    from ..data.process import load_conversations
+
     cfg = _config(args)
-    return cfg, load_tokenizer(args.model), *load_conversations(_one_file(path), cfg)
+    tok = _tokenizer(args.model)
+    return cfg, tok, *load_conversations(_one_file(path), cfg, prompt=prompt)
 
 
 def _print_problems(problems) -> None:
@@ -101,24 +122,26 @@ def run_check(args: argparse.Namespace) -> int:
     from ..data.process import merge_processed, process_source
     from ..data.readers import data_files
     from ..data.registry import Source
-    from ..tokenizer import load_tokenizer
 
-    cfg, tok = _config(args), load_tokenizer(args.model)
+    cfg, tok = _config(args), _tokenizer(args.model)
     files = [f for name in args.inputs for f in data_files(name)]
     result = merge_processed([process_source(Source(f), cfg, tok) for f in files])
-    _print_problems(result.problems)
+    _print_problems(sorted(result.problems + result.warnings, key=lambda p: (p.file, p.line or 0)))
     report = result.report
     if args.json:
         from dataclasses import asdict
 
         print(json.dumps({**asdict(report), "invalid": len(result.problems)}, ensure_ascii=False, indent=2))
+        # (warnings are counted by kind in the report's "warnings")
     else:
         report.examples = []  # every problem is already printed above
         print(report.format("data"))
         limits = f"chat cap {cfg.chat_length} tokens" if cfg.chat_length else "no length limit"
         print(f"  would be truncated at these lengths ({limits}): {report.truncated}")
         n = len(result.problems)
-        print(f"{n} invalid record{'s' if n != 1 else ''}" if n else "all records are valid")
+        w = len(result.warnings)
+        print((f"{n} invalid record{'s' if n != 1 else ''}" if n else "all records are valid")
+              + (f", {w} warning{'s' if w != 1 else ''}" if w else ""))
     return 1 if result.problems else 0
 
 
@@ -138,13 +161,30 @@ def run_preview(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _refuse_input_as_output(output: str, inputs: list[str]) -> None:
+    """An output path that is one of the inputs (after symlinks) would destroy the user's data: refuse it."""
+    from pathlib import Path
+
+    from ..errors import UserError
+
+    target = Path(output).expanduser().resolve()
+    for name in inputs:
+        path = Path(name).expanduser()
+        for f in [path] + (sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []):
+            if f.resolve() == target or (target.exists() and f.exists() and target.samefile(f)):
+                raise UserError(f"-o {output}: is the input {name}; writing there would overwrite your data "
+                                "(fix: choose another output file)")
+
+
 def run_encode(args: argparse.Namespace) -> int:
     import json
 
-    from ..data.cli_support import prompt_ids
+    from ..data.chat_format import build_prompt, prompt_history
     from ..data.encode import encode_sample
 
-    cfg, tok, convs, problems = _load(args, args.input)
+    if args.output != "-":
+        _refuse_input_as_output(args.output, [args.input, args.model])
+    cfg, tok, convs, problems = _load(args, args.input, prompt=args.for_generation)
     if problems:
         _print_problems(problems)
         print(f"glmtune: error: {len(problems)} invalid record(s) in {args.input}; nothing written", file=sys.stderr)
@@ -153,7 +193,10 @@ def run_encode(args: argparse.Namespace) -> int:
     try:
         for conv in convs:
             if args.for_generation:
-                row = {"input_ids": prompt_ids(conv, tok, cfg)}
+                ids = build_prompt(prompt_history(conv), tok)
+                if conv.kind == "base" and cfg.max_input_length:
+                    ids = ids[: cfg.max_input_length]  # the official base demo's max_source_length
+                row = {"input_ids": ids}
             else:
                 sample = encode_sample(conv, tok, cfg)
                 if sample.dropped:

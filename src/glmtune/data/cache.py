@@ -1,7 +1,8 @@
 """Cache of encoded splits, keyed by everything that changes the result.
 
-The key hashes: file contents (not mtimes, so a copied file still hits and an
-edited one never does), format and column mapping, sampling ratios, the
+The key hashes: file contents (not mtimes, so an edited file never hits) and
+the file's path (the cached report names the files, so a copy elsewhere is
+encoded afresh and its report names the copy), format and column mapping, sampling ratios, the
 tokenizer model bytes, :data:`TEMPLATE_VERSION`, the length policy and
 skip_invalid. A stale cache is therefore impossible by construction; entries
 are written to a temporary folder and renamed, so a crash never leaves a
@@ -25,7 +26,7 @@ from .dataset import EncodedDataset
 from .registry import Source
 from .report import SplitReport
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -55,8 +56,8 @@ def cache_key(sources: list[Source], cfg: DataConfig, tokenizer) -> str:
         "template": TEMPLATE_VERSION,
         "tokenizer": file_digest(Path(model_file)) if model_file else repr(type(tokenizer)),
         "specials": getattr(tokenizer, "special_tokens", None),
-        "sources": [{"digest": file_digest(s.path), "suffix": s.path.suffix.lower(),
-                     "format": cfg.format if s.format == "auto" else s.format,
+        "sources": [{"digest": file_digest(s.path), "path": str(s.path), "resolved": str(s.path.resolve()),
+                     "suffix": s.path.suffix.lower(), "format": cfg.format if s.format == "auto" else s.format,
                      "columns": {**cfg.columns, **s.columns}, "ratio": s.ratio, "name": s.name}
                     for s in sources],
         "lengths": [cfg.max_input_length, cfg.max_output_length, cfg.max_seq_length, cfg.truncation],

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from .errors import DataError
 from .messages import Conversation, Message, ToolCall
 
-TEMPLATE_VERSION = "chatglm3-1"
+TEMPLATE_VERSION = "chatglm3-2"
 IGNORE_INDEX = -100
 TOOLS_PROMPT = "Answer the following questions as best as you can. You have access to the following tools:\n"
 _FENCE_RE = re.compile(r"```[a-zA-Z]*[ \t]*\n(.*?)\n?```", re.DOTALL)
@@ -76,8 +76,11 @@ def render_message(message: Message) -> tuple[str, str]:
 
 
 def rendered_messages(conversation: Conversation) -> list[Message]:
-    """The conversation's messages with conversation-level ``tools`` as a first system message."""
-    if not conversation.tools:
+    """The conversation's messages with conversation-level ``tools`` as a first system message.
+
+    An empty tool list still renders the tools prompt (``[]``), as the official demo does.
+    """
+    if conversation.tools is None:
         return list(conversation.messages)
     system = Message("system", TOOLS_PROMPT + tools_json(conversation.tools))
     return [system, *conversation.messages]
@@ -139,10 +142,15 @@ def encode_chat(conversation: Conversation, tokenizer) -> tuple[list[int], list[
     input_ids = tokenizer.prefix_ids()
     labels = [IGNORE_INDEX] * len(input_ids)
     prev_learned = False
+    messages = rendered_messages(conversation)
+    if messages and messages[-1].tool_call is not None:
+        # The official demo renders a call's missing observation as json.dumps(None): the
+        # <|observation|> after the call is learned (where generation stops), "null" is not.
+        messages.append(Message("observation", observation_text(None)))
     # Built a message at a time (not token by token): the shifted mask means
     # a message's first token is learned iff the previous message is, and the
     # rest of its tokens iff it is itself learned.
-    for message in rendered_messages(conversation):
+    for message in messages:
         ids = enc.message(message)
         input_ids += ids
         labels.append(ids[0] if prev_learned else IGNORE_INDEX)
@@ -184,7 +192,10 @@ def build_prompt(messages: Conversation | Iterable[Message | dict], tokenizer) -
     (a system message may carry ``tools``; an assistant dict may carry
     ``metadata``). As in the official code, ``<|assistant|>`` is appended
     whatever the last role (a reply may continue after an assistant turn,
-    e.g. a tool call following a remark).
+    e.g. a tool call following a remark), and nothing is left out: this is the
+    one function that turns a conversation into generation prompt ids (chat,
+    serve, eval, ``data encode --for-generation``). Nothing of training's
+    checks applies: a first turn with no assistant message is a prompt.
     """
     if isinstance(messages, Conversation):
         if messages.kind == "base":
@@ -197,6 +208,18 @@ def build_prompt(messages: Conversation | Iterable[Message | dict], tokenizer) -
     for message in items:
         ids += enc.message(message)
     return ids + [tokenizer.role_id("assistant")]
+
+
+def prompt_history(conversation: Conversation) -> Conversation:
+    """A data record as a prompt history: the reference answer (trailing plain assistant turns) left out.
+
+    A trailing tool call is kept: it is history, not an answer to generate.
+    """
+    messages = list(conversation.messages)
+    while messages and messages[-1].role == "assistant" and messages[-1].tool_call is None:
+        messages.pop()
+    return Conversation(messages, tools=conversation.tools, kind=conversation.kind, source=conversation.source,
+                        line=conversation.line)
 
 
 # -- parsing replies -------------------------------------------------------------

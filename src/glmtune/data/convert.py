@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .chat_format import prompt_history
 from .errors import DataError, record_error
 from .formats import FORMATS, _Ctx, _structured
 from .messages import Conversation
+
 
 def apply_columns(record: dict, columns: dict[str, str]) -> dict:
     """Rename the record's keys by ``columns`` (source -> target); unmapped keys stay."""
@@ -62,25 +64,38 @@ def detect_format(record: Any, file: str, line: int | None) -> str:
 
 
 def convert_record(record: Any, fmt: str, file: str, line: int | None,
-                   columns: dict[str, str] | None = None) -> Conversation:
-    """One raw record -> validated :class:`Conversation`; raises :class:`RecordError` naming file:line."""
-    ctx = _Ctx(file, line, fmt)
+                   columns: dict[str, str] | None = None, *, prompt: bool = False) -> Conversation:
+    """One raw record -> validated :class:`Conversation`; raises :class:`RecordError` naming file:line.
+
+    ``prompt=True`` reads the record as a generation prompt: training's checks
+    (something to learn) do not apply, it needs a user or observation turn to reply to.
+    """
+    ctx = _Ctx(file, line, fmt, prompt)
     if not isinstance(record, dict):
         raise ctx.error(f"record is a JSON {type(record).__name__}", "a JSON object per record",
                         "write each record as {...}", "not_object")
     record = apply_columns(record, columns or {})
-    conv = FORMATS[fmt](record, ctx)
-    conv.source, conv.line = file, line
+    try:
+        conv = FORMATS[fmt](record, ctx)
+    except RecursionError:
+        raise ctx.error("the record is nested too deeply", "records nested a few hundred levels at most",
+                        "flatten the record", "invalid_json") from None
+    conv.source, conv.line, conv.warnings = file, line, ctx.warnings
     validate(conv, ctx)
     return conv
 
 
 def validate(conv: Conversation, ctx: _Ctx) -> None:
-    """Checks every format shares: not empty, something to learn."""
+    """Checks every format shares: not empty, something to learn (or, for a prompt, something to reply to)."""
     if not conv.messages:
         raise ctx.error("empty conversation", "at least a user and an assistant message",
                         "remove the record or fill it", "empty_conversation")
-    if conv.kind == "chat" and not any(m.learned for m in conv.messages):
+    if ctx.prompt:
+        history = prompt_history(conv).messages
+        if conv.kind == "chat" and not any(m.role in ("user", "observation") for m in history):
+            raise ctx.error("nothing to reply to", "a user (or observation) message before the answer",
+                            "add the user's message", "no_user_message")
+    elif conv.kind == "chat" and not any(m.learned for m in conv.messages):
         raise ctx.error("no trainable message", "at least one assistant message without \"loss\": false",
                         "add the assistant's answer (or remove the record)", "no_trainable")
     _check_tool_names(conv, ctx)
@@ -113,9 +128,21 @@ def _check_tool_names(conv: Conversation, ctx: _Ctx) -> None:
 def resolve_format(fmt: str, first_record: Any, file: str, line: int | None,
                    columns: dict[str, str] | None) -> str:
     """The configured format, or the one detected from the first record (after column mapping)."""
+    if isinstance(first_record, dict):
+        _check_columns(first_record, columns or {}, file, line)
     if fmt != "auto":
         if fmt not in FORMATS:
             raise DataError(f"unknown format {fmt!r} (expected one of: auto, {', '.join(FORMATS)})")
         return fmt
     record = apply_columns(first_record, columns or {}) if isinstance(first_record, dict) else first_record
     return detect_format(record, file, line)
+
+
+def _check_columns(record: dict, columns: dict[str, str], file: str, line: int | None) -> None:
+    """A column mapping must name columns the file has (checked on its first record)."""
+    missing = [src for src in columns if src not in record]
+    if missing:
+        have = ", ".join(repr(k) for k in list(record)[:20]) or "none"
+        raise DataError(f"{file}:{line}: the column mapping names column{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(repr(m) for m in missing)}, which the file does not have (its columns: {have}; "
+                        "fix: correct data.columns / --columns)")

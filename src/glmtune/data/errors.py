@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from ..errors import GlmtuneError
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 
@@ -33,12 +32,14 @@ class Problem:
     """What the user can do about it."""
     kind: str = "invalid"
     """Short reason key used to count skipped records by reason (e.g. ``unknown_role``)."""
+    warning: bool = False
+    """A warning: the record is used, but something about it deserves a look (or differs from the official demo)."""
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
         hint = "; ".join(x for x in (f"expected {self.expected}" if self.expected else "",
                                      f"fix: {self.fix}" if self.fix else "") if x)
-        return f"{where}: {self.problem}" + (f" ({hint})" if hint else "")
+        return f"{where}: {'warning: ' if self.warning else ''}{self.problem}" + (f" ({hint})" if hint else "")
 
 
 class RecordError(DataError):
@@ -74,9 +75,6 @@ class DataProblems:
 
     def __iter__(self):
         return iter(self.problems)
-
-    def by_kind(self) -> dict[str, int]:
-        return dict(Counter(p.kind for p in self.problems))
 
     def format(self, limit: int | None = None) -> str:
         shown = self.problems if limit is None else self.problems[:limit]

@@ -12,18 +12,22 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from .errors import record_error
+from .errors import Problem, record_error
 from .messages import Conversation, Message, ToolCall
 
 
 class _Ctx:
-    """Where a record is, for error messages."""
+    """Where a record is (for error messages), what it is read for, and the warnings found on the way."""
 
-    def __init__(self, file: str, line: int | None, fmt: str):
-        self.file, self.line, self.fmt = file, line, fmt
+    def __init__(self, file: str, line: int | None, fmt: str, prompt: bool = False):
+        self.file, self.line, self.fmt, self.prompt = file, line, fmt, prompt
+        self.warnings: list[Problem] = []
 
     def error(self, problem: str, expected: str = "", fix: str = "", kind: str = "invalid"):
         return record_error(self.file, self.line, f"[{self.fmt}] {problem}", expected, fix, kind)
+
+    def warn(self, problem: str, fix: str, kind: str) -> None:
+        self.warnings.append(Problem(self.file, self.line, f"[{self.fmt}] {problem}", "", fix, kind, warning=True))
 
 
 def _structured(value: Any) -> Any:
@@ -75,6 +79,17 @@ def _tool_call(name: Any, params: Any, ctx: _Ctx, where: str) -> ToolCall:
     return ToolCall(name.strip(), params)
 
 
+def _tools(rec: dict, ctx: _Ctx, where: str = "") -> list | None:
+    """A ``tools`` list: each tool an object (JSON schema) or a string (the official demo allows both)."""
+    tools = _field(rec, "tools", ctx, list, where, required=False)
+    for j, tool in enumerate(tools or []):
+        if not isinstance(tool, (dict, str)):
+            raise ctx.error(f"tools[{j}]{where} is {type(tool).__name__} {json.dumps(tool)[:40]}",
+                            "each tool an object (name, description, parameters) or a text description",
+                            "write the tool definitions as objects", "wrong_type")
+    return tools
+
+
 def _observation(value: Any) -> str:
     from .chat_format import observation_text
 
@@ -104,25 +119,48 @@ _CHATGLM3_ROLES = ("system", "user", "assistant", "tool", "observation")
 
 
 def from_chatglm3(rec: dict, ctx: _Ctx) -> Conversation:
+    """The official fine-tune demo's format (``format_conversation``); see :func:`_chatglm3_message` for where
+    glmtune deliberately differs (each difference is a warning of ``glmtune data check``)."""
     conv = _field(rec, "conversations", ctx, list)
-    tools = _field(rec, "tools", ctx, list, required=False)
+    tools = _tools(rec, ctx)
+    if "tools" in rec and rec["tools"] is None:
+        ctx.warn("'tools' is null: no tools prompt is rendered (the official demo renders the tools prompt with "
+                 "the text 'null')", "remove the key, or give the tool list", "differs_tools_null")
     messages: list[Message] = []
     for i, msg, role, where in _turns(conv, "conversations", ctx, "role", _CHATGLM3_ROLES,
                                       "rename the role (e.g. human -> user, gpt -> assistant)"):
-        if role == "tool":
-            call = _tool_call(msg.get("name"), msg.get("parameters"), ctx, where)
-            messages.append(Message("assistant", loss=_loss(msg, ctx, where), tool_call=call))
-            if "observation" in msg:
-                messages.append(Message("observation", _observation(msg["observation"])))
-            elif i != len(conv) - 1:
-                raise ctx.error(f"tool message{where} has no 'observation'", "the tool's result in 'observation'",
-                                "add the tool output, or end the conversation with the call", "missing_field")
+        if role != "tool":
+            messages.append(_chatglm3_message(msg, role, ctx, where))
             continue
-        content = _field(msg, "content", ctx, str, where)
-        loss = _loss(msg, ctx, where)
-        messages.append(Message(role, content, loss=loss, tools=_field(msg, "tools", ctx, list, where, False),
-                                metadata=_field(msg, "metadata", ctx, str, where, False, "")))
-    return Conversation(messages, tools=tools or None)
+        call = _tool_call(msg.get("name"), msg.get("parameters"), ctx, where)
+        messages.append(Message("assistant", loss=_loss(msg, ctx, where), tool_call=call))
+        if "observation" in msg:  # an explicit null renders "null", as in the official demo
+            messages.append(Message("observation", _observation(msg["observation"])))
+        elif i != len(conv) - 1:
+            raise ctx.error(f"tool message{where} has no 'observation'", "the tool's result in 'observation'",
+                            "add the tool output, or end the conversation with the call (the official demo "
+                            "would render the observation 'null' here)", "missing_field")
+        # A trailing call without observation: encode_chat adds the official "null" observation.
+    # An empty list is kept: the official demo renders the tools prompt with "[]".
+    return Conversation(messages, tools=tools)
+
+
+def _chatglm3_message(msg: dict, role: str, ctx: _Ctx, where: str) -> Message:
+    content = _field(msg, "content", ctx, str, where)
+    loss = _loss(msg, ctx, where)
+    tools = _tools(msg, ctx, where)
+    metadata = _field(msg, "metadata", ctx, str, where, False, "")
+    if tools is not None:
+        ctx.warn(f"'tools' on the {role} message{where} are rendered after its content, as in inference (the "
+                 "official demo drops them)", "move them to the record's 'tools' to match the official demo",
+                 "differs_message_tools")
+    if metadata:
+        ctx.warn(f"metadata {metadata[:30]!r}{where} is rendered after <|{role}|> (the official demo drops it)",
+                 "remove 'metadata' to match the official demo", "differs_metadata")
+    if role == "observation" and loss is None:
+        ctx.warn(f"observation{where} is not learned (the official demo learns an observation message)",
+                 "add \"loss\": true to learn it as the official demo does", "differs_observation_loss")
+    return Message(role, content, loss=loss, tools=tools, metadata=metadata)
 
 
 # -- alpaca ---------------------------------------------------------------------
@@ -221,7 +259,7 @@ def from_openai(rec: dict, ctx: _Ctx) -> Conversation:
             messages.append(Message("system" if role == "developer" else role, content, loss=loss))
         pending = [(cid, call, loss) for cid, call in calls]
     messages += [Message("assistant", loss=p[2], tool_call=p[1]) for p in pending]
-    tools = _field(rec, "tools", ctx, list, required=False)
+    tools = _tools(rec, ctx)
     return Conversation(messages, tools=_openai_tools(tools) if tools else None)
 
 
@@ -234,7 +272,7 @@ def openai_conversation(messages: list, tools: list | None = None, where: str = 
     record: dict = {"messages": messages}
     if tools:
         record["tools"] = tools
-    return from_openai(record, _Ctx(where, None, "openai"))
+    return from_openai(record, _Ctx(where, None, "openai", prompt=True))
 
 
 def _openai_tools(tools: list) -> list:
@@ -252,7 +290,7 @@ def from_sharegpt(rec: dict, ctx: _Ctx) -> Conversation:
     key = "conversations" if "conversations" in rec else "messages"
     conv = _field(rec, key, ctx, list)
     system = _field(rec, "system", ctx, required=False, default="")
-    tools = _field(rec, "tools", ctx, list, required=False)
+    tools = _tools(rec, ctx)
     messages = [Message("system", system)] if system else []
     for i, msg, role, where in _turns(conv, key, ctx, "from", _SHAREGPT_ROLES, "rename the 'from' value"):
         value = _field(msg, "value", ctx, str, where)

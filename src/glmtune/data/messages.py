@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("system", "user", "assistant", "observation")
 # Roles that are learned unless ``loss`` says otherwise (the official demo's rule).
 DEFAULT_LOSS_ROLES = ("assistant",)
+NEVER_LEARNED = ("system", "user")
 
 
 @dataclass
@@ -44,10 +44,15 @@ class Message:
 
     @property
     def learned(self) -> bool:
-        """Whether this message's tokens (and the token after it) get loss."""
-        if self.role not in DEFAULT_LOSS_ROLES:
+        """Whether this message's tokens (and the token after it) get loss.
+
+        System and user turns never (as in the official demo, whatever ``loss``
+        says); an observation only with ``"loss": true``; an assistant turn
+        unless ``"loss": false``.
+        """
+        if self.role in NEVER_LEARNED:
             return False
-        return True if self.loss is None else bool(self.loss)
+        return self.role in DEFAULT_LOSS_ROLES if self.loss is None else bool(self.loss)
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Conversation:
     """File the record came from."""
     line: int | None = None
     """1-based line (or record number) in ``source``."""
+    warnings: list = field(default_factory=list)
+    """:class:`~glmtune.data.errors.Problem` warnings about the record (e.g. where it differs from the official demo)."""
 
     @property
     def where(self) -> str:

@@ -7,11 +7,10 @@ from pathlib import Path
 
 from . import cache
 from .config import DataConfig
-from .convert import convert_record, resolve_format
 from .dataset import EncodedDataset
-from .errors import DataError, DataProblems, RecordError
+from .errors import DataError, DataProblems
 from .messages import Conversation
-from .process import merge_processed, process_source, read_source
+from .process import load_conversations, merge_processed, process_source
 from .registry import Source, registry_sources
 from .report import DataReport
 
@@ -40,21 +39,12 @@ def split_sources(cfg: DataConfig, base_dir: str | Path | None = None) -> dict[s
 
 
 def conversations(sources: list[Source], cfg: DataConfig) -> list[Conversation]:
-    """Valid conversations of ``sources`` (invalid records are skipped; use ``prepare_splits`` to validate)."""
-    out = []
-    for source in sources:
-        records, _, _ = read_source(source, cfg.seed)
-        if not records:
-            continue
-        columns = {**cfg.columns, **source.columns}
-        fmt = resolve_format(cfg.format if source.format == "auto" else source.format,
-                             records[0][1], str(source.path), records[0][0], columns)
-        for line, record in records:
-            try:
-                out.append(convert_record(record, fmt, str(source.path), line, columns))
-            except RecordError:
-                continue
-    return out
+    """Valid conversations of ``sources`` (invalid records are skipped; use ``prepare_splits`` to validate).
+
+    Read by the same loader as the encoded splits, so the records are the
+    ones ``prepare_splits`` kept (with ``skip_invalid``, the valid ones).
+    """
+    return [conv for source in sources for conv in load_conversations(source, cfg)[0]]
 
 
 @dataclass
@@ -78,17 +68,6 @@ class Splits:
         """The split's valid conversations (re-read from the files; for generation-based evaluation)."""
         self[split]
         return conversations(self.sources.get(split, []), self.cfg)
-
-    def eval_prompts(self, split: str = "validation") -> list[tuple[list[int], str]]:
-        """(prompt_ids ending with ``<|assistant|>``, reference text) per learned assistant turn.
-
-        The samples of ``glmtune eval`` and of training's generation evaluation
-        (one implementation: :func:`glmtune.infer.evaluate.conversation_samples`).
-        """
-        from ..infer.evaluate import conversation_samples
-
-        return [(s.prompt, s.reference) for conv in self.conversations(split)
-                for s in conversation_samples(conv, self.tokenizer, self.cfg.max_input_length)]
 
 
 def prepare_splits(cfg: DataConfig, tokenizer, *, base_dir: str | Path | None = None) -> Splits:

@@ -1,4 +1,10 @@
-"""One data file -> encoded samples + report + problems, in parallel for large files."""
+"""One data file -> encoded samples + report + problems, in parallel for large files.
+
+Also the one loader of conversations (:func:`load_conversations`): training's
+encoding here, generation evaluation, ``glmtune data`` and ``glmtune eval``
+all read records with :func:`read_source`, pick the format with
+:func:`source_format` and convert with ``convert_record``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import multiprocessing as mp
 import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +21,7 @@ from .convert import convert_record, resolve_format
 from .dataset import EncodedDataset
 from .encode import encode_sample
 from .errors import DataError, Problem, RecordError
+from .messages import Conversation
 from .readers import RECORDS_EXPECTED, RawJSON, parse_raw, raw_json_lines, read_records
 from .registry import Source
 from .report import SplitReport
@@ -29,24 +37,36 @@ class Processed:
     dataset: EncodedDataset
     report: SplitReport
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    """Records used but worth a look (duplicate keys, differences from the official demo, length drops)."""
     full_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-def read_source(source: Source, seed: int = 0, raw: bool = False) -> tuple[list[tuple[int, object]], list[Problem], int]:
-    """Records of a source (sampled by its ratio), the reading problems, and the number of records read.
+@dataclass
+class Read:
+    """What :func:`read_source` read: records, unreadable ones, warnings, and how many records there were."""
+
+    records: list[tuple[int, object]]
+    problems: list[Problem]
+    warnings: list[Problem]
+    count: int
+
+
+def read_source(source: Source, seed: int = 0, raw: bool = False) -> Read:
+    """Records of a source (sampled by its ratio), the reading problems and warnings, and the records read.
 
     With ``raw=True`` JSON-lines records may come back unparsed (:class:`RawJSON`) for the workers to parse.
     """
-    records, problems = [], []
+    records, problems, warnings = [], [], []
     lines = raw_json_lines(source.path) if raw else None
     if lines is not None:
         records = lines
     else:
         for item in read_records(source.path):
-            if isinstance(item, Problem):
-                problems.append(item)
-            else:
+            if not isinstance(item, Problem):
                 records.append(item)
+            else:
+                (warnings if item.warning else problems).append(item)
     read = len(records) + len(problems)
     if read == 0:
         # An empty file is almost always a wrong path or a failed export; training on
@@ -58,38 +78,85 @@ def read_source(source: Source, seed: int = 0, raw: bool = False) -> tuple[list[
         whole, frac = int(source.ratio), source.ratio - int(source.ratio)
         picked = list(range(len(records))) * whole + rng.sample(range(len(records)), round(frac * len(records)))
         records = [records[i] for i in sorted(picked)]
-    return records, problems, read
+    return Read(records, problems, warnings, read)
+
+
+def source_format(source: Source, cfg: DataConfig, records: list) -> str:
+    """The format of a source's records: configured, or detected from its first object record."""
+    file, columns = str(source.path), {**cfg.columns, **source.columns}
+    fmt_cfg = cfg.format if source.format == "auto" else source.format
+    first = _first_record(records, file)
+    if isinstance(first[1], dict) or fmt_cfg != "auto":
+        return resolve_format(fmt_cfg, first[1], file, first[0], columns)
+    return "chatglm3"  # nothing readable to detect from: every record is reported as not an object
+
+
+def load_conversations(source: Source | str | Path, cfg: DataConfig, *,
+                       prompt: bool = False) -> tuple[list[Conversation], list[Problem]]:
+    """The one loader of conversations: valid ones of ``source`` and the problems of the others.
+
+    Nothing is raised per record. ``prompt=True`` reads records as generation
+    prompts (no training checks; see ``convert_record``).
+    """
+    source = source if isinstance(source, Source) else Source(Path(source))
+    read = read_source(source, cfg.seed)
+    problems = list(read.problems)
+    if not read.records:
+        return [], problems
+    fmt, file = source_format(source, cfg, read.records), str(source.path)
+    columns = {**cfg.columns, **source.columns}
+    convs = []
+    for line, record in read.records:
+        try:
+            convs.append(convert_record(record, fmt, file, line, columns, prompt=prompt))
+        except RecordError as exc:
+            problems.append(exc.problem)
+    problems.sort(key=lambda p: p.line or 0)
+    return convs, problems
+
+
+def _dropped(conv: Conversation, reason: str, length: int, cfg: DataConfig) -> Problem:
+    why = ("longer than the length limit (truncation=drop)" if reason == "too_long"
+           else "no learned token left after truncation")
+    return Problem(conv.source, conv.line, f"dropped ({reason}): {why}, {length} tokens (limit {cfg.chat_length})",
+                   "", "raise the length limits, or shorten the record", reason, warning=True)
 
 
 def _process_chunk(records, fmt: str, file: str, columns: dict, cfg: DataConfig, tokenizer) -> Processed:
-    report, problems, samples, full = SplitReport(), [], [], []
+    report, problems, warnings, samples, full = SplitReport(), [], [], [], []
     dropped: dict[str, int] = {}
     for line, record in records:
         if isinstance(record, RawJSON):
-            record = parse_raw(file, line, record)
+            record, found = parse_raw(file, line, record)
+            warnings += found
             if isinstance(record, Problem):
                 problems.append(record)
                 continue
         try:
             conv = convert_record(record, fmt, file, line, columns)
+            sample = encode_sample(conv, tokenizer, cfg)
         except RecordError as exc:
             problems.append(exc.problem)
             continue
-        sample = encode_sample(conv, tokenizer, cfg)
+        except RecursionError:  # e.g. tools nested too deeply for json.dumps(indent=4)
+            problems.append(Problem(file, line, "the record is nested too deeply to encode", "", "flatten it",
+                                    "invalid_json"))
+            continue
+        warnings += conv.warnings
         full.append(sample.full_length)
+        report.truncated += sample.truncated
         if sample.dropped:
             dropped[sample.dropped] = dropped.get(sample.dropped, 0) + 1
-            if len(report.examples) < 10:
-                report.examples.append(f"{conv.where}: dropped ({sample.dropped}, {sample.full_length} tokens)")
+            warnings.append(_dropped(conv, sample.dropped, sample.full_length, cfg))
             continue
         samples.append((sample.input_ids, sample.labels))
-        report.truncated += sample.truncated
         report.turns += conv.num_turns
         report.tool_calls += conv.num_tool_calls
         report.tokens += len(sample.input_ids)
         report.learned_tokens += len(sample.labels) - sample.labels.count(-100)
     report.samples, report.dropped = len(samples), dropped
-    return Processed(EncodedDataset.from_samples(samples), report, problems, np.asarray(full, dtype=np.int64))
+    return Processed(EncodedDataset.from_samples(samples), report, problems, warnings,
+                     np.asarray(full, dtype=np.int64))
 
 
 def _worker(bounds: tuple[int, int]) -> Processed:
@@ -123,18 +190,14 @@ def _run_parallel(records, fmt, file, columns, cfg, tokenizer, workers: int) -> 
 
 def process_source(source: Source, cfg: DataConfig, tokenizer) -> Processed:
     """Read, convert, validate and encode one source; problems are collected, not raised."""
-    records, problems, read = read_source(source, cfg.seed, raw=_num_workers(cfg, PARALLEL_MIN_RECORDS) > 1)
+    read = read_source(source, cfg.seed, raw=_num_workers(cfg, PARALLEL_MIN_RECORDS) > 1)
+    records, problems = read.records, read.problems
     file = str(source.path)
     columns = {**cfg.columns, **source.columns}
-    fmt_cfg = cfg.format if source.format == "auto" else source.format
     if not records:
         result = Processed(EncodedDataset.from_samples([]), SplitReport(), problems)
     else:
-        first = _first_record(records, file)
-        if isinstance(first[1], dict) or fmt_cfg != "auto":
-            fmt = resolve_format(fmt_cfg, first[1], file, first[0], columns)
-        else:
-            fmt = "chatglm3"  # nothing readable to detect from: every record is reported as not an object
+        fmt = source_format(source, cfg, records)
         workers = _num_workers(cfg, len(records))
         parts = None
         if workers > 1 and len(records) >= 2 * workers and _can_fork():
@@ -144,10 +207,11 @@ def process_source(source: Source, cfg: DataConfig, tokenizer) -> Processed:
         result = _merge(parts)
         result.problems = problems + result.problems
         result.report.formats[file] = fmt
-    result.report.records = read
+    result.warnings = read.warnings + result.warnings
+    result.report.records = read.count
     result.report.skipped = dict(_count_kinds(result.problems))
-    result.report.examples = [str(p) for p in result.problems[:10]] + result.report.examples
-    result.report.examples = result.report.examples[:10]
+    result.report.warnings = _count_kinds(result.warnings)
+    result.report.examples = [str(p) for p in (result.problems + result.warnings)[:10]]
     return result
 
 
@@ -155,11 +219,11 @@ def _first_record(records: list, file: str) -> tuple[int, object]:
     """The first record that is an object (parsed), for format detection."""
     for line, record in records[:1000]:
         if isinstance(record, RawJSON):
-            record = parse_raw(file, line, record)
+            record = parse_raw(file, line, record)[0]
         if isinstance(record, dict):
             return line, record
     line, record = records[0]
-    return line, parse_raw(file, line, record) if isinstance(record, RawJSON) else record
+    return line, parse_raw(file, line, record)[0] if isinstance(record, RawJSON) else record
 
 
 def _count_kinds(problems: list[Problem]) -> dict[str, int]:
@@ -175,7 +239,7 @@ def _merge(parts: list[Processed]) -> Processed:
         report.merge(p.report)
     full = np.concatenate([p.full_lengths for p in parts]) if parts else np.zeros(0, dtype=np.int64)
     return Processed(EncodedDataset.concat([p.dataset for p in parts]), report,
-                     [q for p in parts for q in p.problems], full)
+                     [q for p in parts for q in p.problems], [w for p in parts for w in p.warnings], full)
 
 
 def merge_processed(parts: list[Processed]) -> Processed:
@@ -183,5 +247,6 @@ def merge_processed(parts: list[Processed]) -> Processed:
     merged = _merge(parts)
     merged.report.records = sum(p.report.records for p in parts)
     merged.report.skipped = _count_kinds(merged.problems)
+    merged.report.warnings = _count_kinds(merged.warnings)
     merged.report.add_lengths(merged.full_lengths)
     return merged

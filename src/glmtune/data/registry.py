@@ -70,6 +70,10 @@ def registry_sources(registry_file: str | Path, names: list[str], base_dir: Path
         ratio = ratio if ratio is not None else float(entry.get("ratio", 1.0))
         if ratio <= 0:
             raise DataError(f"{reg_path}: dataset {name!r} ratio {ratio} (expected a positive number)")
-        sources.append(Source(file if file.is_absolute() else reg_path.parent / file, fmt,
-                              dict(entry.get("columns") or {}), ratio, name))
+        path = file if file.is_absolute() else reg_path.parent / file
+        if not path.exists():
+            raise DataError(f"{reg_path}: dataset {name!r}: its file {path} does not exist "
+                            "(fix: correct the dataset's 'file' entry; relative paths resolve against the registry's "
+                            "folder)")
+        sources.append(Source(path, fmt, dict(entry.get("columns") or {}), ratio, name))
     return sources

@@ -23,7 +23,7 @@ class SplitReport:
     dropped: dict[str, int] = field(default_factory=dict)
     """Valid records left out by the length policy, by reason."""
     truncated: int = 0
-    """Kept samples that were cut to the length limit."""
+    """Samples longer than the length limit (cut, or left out under truncation=drop)."""
     turns: int = 0
     """User turns in kept samples."""
     tool_calls: int = 0
@@ -34,8 +34,11 @@ class SplitReport:
     """Tokens with a label (loss) in kept samples."""
     length_percentiles: dict[str, int] = field(default_factory=dict)
     """Sample length before truncation: p50, p90, p99, max."""
+    warnings: dict[str, int] = field(default_factory=dict)
+    """Records used with a warning (duplicate keys, differences from the official demo) or left out for length,
+    by kind."""
     examples: list[str] = field(default_factory=list)
-    """First few problems, as FILE:LINE messages."""
+    """First few problems and warnings, as FILE:LINE messages."""
     formats: dict[str, str] = field(default_factory=dict)
     """Format used for each file."""
 
@@ -49,6 +52,7 @@ class SplitReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.skipped = dict(Counter(self.skipped) + Counter(other.skipped))
         self.dropped = dict(Counter(self.dropped) + Counter(other.dropped))
+        self.warnings = dict(Counter(self.warnings) + Counter(other.warnings))
         self.examples = (self.examples + other.examples)[:10]
         self.formats.update(other.formats)
 
@@ -62,7 +66,8 @@ class SplitReport:
                          + ", ".join(f"{k} {v}" for k, v in self.length_percentiles.items()))
         if self.truncated:
             lines.append(f"  truncated: {self.truncated}")
-        for what, counts in (("skipped (invalid)", self.skipped), ("dropped", self.dropped)):
+        for what, counts in (("skipped (invalid)", self.skipped), ("dropped", self.dropped),
+                             ("warnings", self.warnings)):
             if counts:
                 lines.append(f"  {what}: {sum(counts.values())} ("
                              + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ")")
