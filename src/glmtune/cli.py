@@ -15,7 +15,7 @@ import sys
 from .errors import GlmtuneError, UserError  # noqa: F401  (UserError re-exported)
 
 # Plain registry: subcommand module names under glmtune.commands.
-COMMAND_MODULES = ("quickstart", "data", "train", "chat", "eval", "export", "serve", "init_model")
+COMMAND_MODULES = ("quickstart", "data", "train", "chat", "eval", "export", "serve", "init_model", "webui")
 
 
 def build_parser() -> argparse.ArgumentParser:

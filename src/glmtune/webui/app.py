@@ -1,0 +1,105 @@
+"""The Gradio app: five pages laid out over the callbacks in :mod:`.pages`, and its launch.
+
+Gradio is imported here only (and this module only by ``glmtune webui``):
+it is a heavy dependency that the rest of glmtune never needs.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import GlmtuneError, UserError
+
+AUTH_ENV = "GLMTUNE_WEBUI_AUTH"
+SHARE_WARNING = ("glmtune webui: WARNING: --share publishes this UI on a public gradio.live address; anyone "
+                 "with the link can read your data, run training on this machine and write files where it "
+                 "can. Use --auth user:pass, and stop the UI when you are done.")
+
+
+@dataclass
+class AppContext:
+    """What the UI starts from: where runs live, and default paths for the forms."""
+
+    runs_root: Path
+    model: str = ""
+    data: str = ""
+
+
+def ui_errors(fn):
+    """Show a glmtune error (bad input) as a Gradio error message instead of a traceback."""
+    import gradio as gr  # heavy dependency: only the web UI needs it
+
+    def convert(exc: BaseException):
+        return gr.Error(str(exc), print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except (GlmtuneError, FileNotFoundError, ValueError) as exc:
+                raise convert(exc) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (GlmtuneError, FileNotFoundError, ValueError) as exc:
+            raise convert(exc) from None
+    return wrapper
+
+
+def build_app(ctx: AppContext):
+    """The ``gr.Blocks`` app (not launched)."""
+    import gradio as gr  # heavy dependency: only the web UI needs it
+
+    from . import pages
+
+    with gr.Blocks(title="glmtune") as app:
+        gr.Markdown(f"# glmtune\nFine-tune ChatGLM3 and the GLM family. Runs folder: `{ctx.runs_root}`")
+        with gr.Tabs():
+            with gr.Tab("Data", id="data"):
+                pages.data_page(ctx)
+            with gr.Tab("Train", id="train"):
+                pages.train_page(ctx)
+            with gr.Tab("Evaluate", id="evaluate"):
+                pages.eval_page(ctx)
+            with gr.Tab("Chat", id="chat"):
+                pages.chat_page(ctx)
+            with gr.Tab("Export", id="export"):
+                pages.export_page(ctx)
+    return app
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """``user:pass`` (from --auth or $GLMTUNE_WEBUI_AUTH) as a pair, or None for no login."""
+    value = value if value is not None else os.environ.get(AUTH_ENV)
+    if not value:
+        return None
+    user, colon, password = value.partition(":")
+    if not colon or not user or not password:
+        raise UserError(f"--auth / ${AUTH_ENV}: expected user:password, got {value.split(':')[0]!r}...")
+    return user, password
+
+
+def launch(ctx: AppContext, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           auth: str | None = None, block: bool = True):
+    """Serve the app; returns it (``block=False`` keeps the server in a background thread, for tests)."""
+    login = parse_auth(auth)
+    if share:
+        print(SHARE_WARNING, file=sys.stderr)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"glmtune webui: listening on {host}: other machines on the network can reach it"
+              + ("" if login else "; consider --auth user:pass"), file=sys.stderr)
+    ctx.runs_root.mkdir(parents=True, exist_ok=True)
+    app = build_app(ctx)
+    app.queue(default_concurrency_limit=4)
+    app.launch(server_name=host, server_port=port, share=share, auth=login, prevent_thread_lock=not block,
+               inbrowser=False, quiet=not block, allowed_paths=[str(ctx.runs_root.resolve())])
+    return app
