@@ -12,6 +12,8 @@ each event is printed on its own stdout line:
   tool_call: {...}      a parsed tool call {"name", "parameters"}; the next
                         input line is the tool's result (an observation turn)
   cleared               after an input line `clear`
+  error: TEXT           the turn was refused (too long, not UTF-8); the
+                        conversation goes on as it was
 An input line `stop` or `exit` quits (also in place of an observation).
 """
 
@@ -75,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     model, tok = load_for_inference(args.model, adapter=args.adapter, prefix=args.prefix, tokenizer=args.tokenizer,
                                     dtype=args.dtype, device=args.device)
     session = ChatSession(model, tok, system=args.system, tools=tools, sampling=sampling)
+    if hasattr(sys.stdin, "reconfigure"):
+        # Undecodable bytes become lone surrogates, which the session refuses turn by turn, instead of
+        # a UnicodeDecodeError that would end the session.
+        sys.stdin.reconfigure(errors="surrogateescape")
     if sys.stdin.isatty():
         return run_interactive(session, single_turn=args.single_turn, show_prompt=args.show_prompt)
     print(f"glmtune chat: model {args.model} loaded; reading turns from standard input", file=sys.stderr)

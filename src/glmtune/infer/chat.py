@@ -9,7 +9,7 @@ official demo would.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
@@ -62,30 +62,41 @@ class ReplyStream:
     The first line of a ChatGLM3 reply is metadata (empty for plain text, a
     tool name for a tool call), so text is streamed only after an empty
     metadata line; a tool call's body is held back and parsed at the end.
+    Whatever was held back and is not a tool call is yielded at the end, so
+    the streamed pieces always add up to ``reply.content``. ``should_stop``
+    is asked before each token; True ends generation there.
     """
 
-    def __init__(self, session: "ChatSession", prompt: list[int]):
-        self.session, self.prompt = session, prompt
+    def __init__(self, session: "ChatSession", prompt: list[int], should_stop: Callable[[], bool] | None = None):
+        self.session, self.prompt, self.should_stop = session, prompt, should_stop
         self.reply: Reply | None = None
 
     def __iter__(self) -> Iterator[str]:
         session = self.session
         decoder = IncrementalDecoder(session.tokenizer)
         ids: list[int] = []
-        shown = 0  # characters of the visible text already yielded
+        shown = ""  # the visible text already yielded
         cfg = session.sampling
         tokens = generate_stream(session.model, self.prompt, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                  repetition_penalty=cfg.repetition_penalty, generator=session.generator,
                                  stop_ids=session.tokenizer.stop_ids)
         for token in tokens:
+            if self.should_stop is not None and self.should_stop():
+                break  # e.g. the client went away: leaving the loop ends generation
             ids.append(token)
             decoder.push(token)
             visible = _visible_text(decoder.text)
-            if visible is not None and len(visible) > shown:
-                yield visible[shown:]
-                shown = len(visible)
+            if visible is not None and len(visible) > len(shown):
+                yield visible[len(shown):]
+                shown = visible
         self.reply = session._finish(self.prompt, ids, decoder.final_text())
+        # Text held back (a reply without the metadata newline, or trailing whitespace) comes out now,
+        # unless the reply turned out to be a tool call, whose body is not shown.
+        if self.reply.tool_call is None and self.reply.content.startswith(shown):
+            rest = self.reply.content[len(shown):]
+            if rest:
+                yield rest
 
     def text(self) -> Reply:
         """Run to the end and return the reply."""
@@ -103,6 +114,24 @@ def _visible_text(text: str) -> str | None:
         return None
     # Trailing whitespace may be followed by more text or stripped at the end: hold it back.
     return body.lstrip().rstrip()
+
+
+def check_text(text: str, what: str) -> None:
+    """ChatError unless ``text`` is valid Unicode: undecodable input bytes arrive as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ChatError(f"{what} is not valid UTF-8 text (undecodable data at character {exc.start}); "
+                        "send it as UTF-8") from None
+
+
+def _drop_oldest_exchange(history: list[Message]) -> bool:
+    # An exchange runs from a user turn to the next one (tool calls and observations included).
+    starts = [i for i, m in enumerate(history) if m.role == "user"]
+    if len(starts) < 2:
+        return False
+    del history[: starts[1]]
+    return True
 
 
 class ChatSession:
@@ -138,39 +167,43 @@ class ChatSession:
     def add(self, role: str, content: str) -> None:
         if role not in ("user", "observation"):
             raise ChatError(f"a chat turn is 'user' or 'observation', not {role!r}")
+        check_text(content, f"the {role} message")
         self.history.append(Message(role, content=content))
 
     def prompt_ids(self) -> list[int]:
-        """The prompt for the next reply, trimming the oldest exchanges when it does not fit."""
+        """The prompt for the next reply, trimming the oldest exchanges when it does not fit.
+
+        When even the last exchange does not fit, :class:`ChatError` is raised
+        and the history is left exactly as it was.
+        """
         budget = None if self.max_context is None else self.max_context - self.sampling.max_new_tokens
+        history = list(self.history)
         while True:
-            ids = build_prompt(self.messages, self.tokenizer)
+            ids = build_prompt([*self.system, *history], self.tokenizer)
             if budget is None or len(ids) <= budget:
+                self.history[:] = history
                 return ids
-            if not self._drop_oldest_exchange():
+            if not _drop_oldest_exchange(history):
                 raise ChatError(
                     f"the prompt is {len(ids)} tokens, but the model's context is {self.max_context} and "
                     f"{self.sampling.max_new_tokens} are reserved for the reply; shorten the message or the "
                     "system prompt, or lower max_new_tokens")
 
-    def _drop_oldest_exchange(self) -> bool:
-        # An exchange runs from a user turn to the next one (tool calls and observations included).
-        starts = [i for i, m in enumerate(self.history) if m.role == "user"]
-        if len(starts) < 2:
-            return False
-        del self.history[: starts[1]]
-        return True
-
-    def stream(self) -> ReplyStream:
+    def stream(self, should_stop: Callable[[], bool] | None = None) -> ReplyStream:
         """Generate the reply to the history as it stands (it must end with a user or observation turn)."""
         if not self.history or self.history[-1].role == "assistant":
             raise ChatError("nothing to reply to: add a user or observation turn first")
         self.last_prompt = self.prompt_ids()
-        return ReplyStream(self, self.last_prompt)
+        return ReplyStream(self, self.last_prompt, should_stop)
 
     def send(self, content: str, role: str = "user") -> ReplyStream:
+        """Add a turn and start the reply; a turn that cannot be answered (ChatError) is not kept."""
         self.add(role, content)
-        return self.stream()
+        try:
+            return self.stream()
+        except ChatError:
+            self.history.pop()
+            raise
 
     def chat(self, content: str, role: str = "user") -> Reply:
         return self.send(content, role).text()

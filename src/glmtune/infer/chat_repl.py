@@ -13,7 +13,10 @@ Output on stdout, one event per line (banners and progress go to stderr):
   * ``assistant: TEXT`` — a reply, TEXT JSON-string-escaped without the quotes
     (``json.loads('"' + TEXT + '"')`` gives it back; non-ASCII is kept);
   * ``tool_call: {"name": ..., "parameters": {...}}`` — a parsed tool call, JSON;
-  * ``cleared`` — after ``clear``.
+  * ``cleared`` — after ``clear``;
+  * ``error: TEXT`` — the turn was refused (longer than the context, not valid
+    UTF-8 ...), TEXT escaped as for ``assistant:``; the conversation stays as
+    it was and the next line is read as the same kind of turn.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import json
 import sys
 from typing import TextIO
 
-from .chat import ChatSession, Reply
+from .chat import ChatError, ChatSession, Reply
 
 QUIT_WORDS = ("stop", "exit")
 CLEAR_WORD = "clear"
@@ -50,7 +53,11 @@ def run_piped(session: ChatSession, stdin: TextIO, stdout: TextIO, *, single_tur
             session.clear()
             print("cleared", file=stdout, flush=True)
             continue
-        stream = session.send(text, role)
+        try:
+            stream = session.send(text, role)
+        except ChatError as exc:
+            print("error: " + escape_line(str(exc)), file=stdout, flush=True)
+            continue
         if show_prompt:
             print("prompt: " + json.dumps(session.last_prompt), file=stdout, flush=True)
         reply = stream.text()
@@ -112,7 +119,11 @@ def run_interactive(session: ChatSession, *, single_turn: bool = False, show_pro
             session.clear()
             print("(conversation cleared)")
             continue
-        reply = _stream_reply(session, text, role)
+        try:
+            reply = _stream_reply(session, text, role)
+        except ChatError as exc:  # the turn is refused; the conversation goes on as it was
+            print(f"[not sent] {exc}", flush=True)
+            continue
         if show_prompt:
             print("[prompt ids] " + json.dumps(session.last_prompt), file=sys.stderr)
         if reply is None:
