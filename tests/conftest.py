@@ -1,4 +1,15 @@
-"""Shared test helpers: where the reference fixtures live, and tiny in-process models."""
+"""Shared test helpers: where the reference fixtures live, and tiny in-process models.
+
+Two kinds of tests:
+
+- conformance tests compare against values computed by the official code (``reference*.safetensors``,
+  ``*-encodings.jsonl``, the real ``tokenizer.model``'s ids); they use ``fixtures``, ``tiny_dir``,
+  ``official_tokenizer`` or ``need_fixtures()`` and skip, saying why, when ../shared/fixtures is absent;
+- every other test needs only *a* ChatGLM3 tokenizer or model folder: ``tokenizer`` and ``chatglm3_dir``
+  give the fixture's when present (so nothing changes there) and otherwise ones built in-process
+  (``trained_tokenizer``: SentencePiece trained on the bundled text with ChatGLM3's special-token
+  scheme; a random tiny checkpoint in THUDM's layout), so these tests never skip.
+"""
 
 from __future__ import annotations
 
@@ -36,12 +47,66 @@ def tiny_dir() -> Path:
     return TINY
 
 
+def have_fixtures() -> bool:
+    return TINY.is_dir()
+
+
 @pytest.fixture(scope="session")
-def tokenizer():
+def official_tokenizer():
+    """The real ChatGLM3 tokenizer (for tests that compare ids with the official ones)."""
     from glmtune import load_tokenizer
 
     need_fixtures()
     return load_tokenizer(TINY)
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer_dir(tmp_path_factory) -> Path:
+    """A small ChatGLM3-scheme tokenizer trained on the bundled self-cognition text, as the quickstart does."""
+    import json
+    from importlib import resources
+
+    from glmtune.tokenizer import train_tokenizer
+
+    raw = resources.files("glmtune.resources").joinpath("self_cognition.json").read_text(encoding="utf-8")
+    texts = [m["content"] for r in json.loads(raw) for m in r["conversations"]]
+    out = tmp_path_factory.mktemp("trained-tokenizer")
+    train_tokenizer(texts * 4, out, vocab_size=1000)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer(trained_tokenizer_dir):
+    from glmtune import load_tokenizer
+
+    return load_tokenizer(trained_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(request):
+    """A ChatGLM3 tokenizer: the official one when the fixtures are there, else the trained one."""
+    if have_fixtures():
+        return request.getfixturevalue("official_tokenizer")
+    return request.getfixturevalue("trained_tokenizer")
+
+
+@pytest.fixture(scope="session")
+def chatglm3_dir(request, tmp_path_factory) -> Path:
+    """A tiny ChatGLM3 checkpoint in THUDM's layout (config, fp16 shards + index, tokenizer files).
+
+    The fixture's ``chatglm3-tiny`` when present; else a random one of the same shape written by
+    glmtune with the trained tokenizer. Never compare its outputs with reference values.
+    """
+    if have_fixtures():
+        return TINY
+    from glmtune import load_model
+    from glmtune.models import save_model
+
+    out = tmp_path_factory.mktemp("chatglm3-tiny")
+    model = load_model("tiny", dtype="fp32", seed=0)
+    save_model(model, out, layout="chatglm3", dtype="fp16", max_shard_bytes=5_000_000)  # two shards, as the fixture
+    request.getfixturevalue("trained_tokenizer").save_pretrained(out)
+    return out
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from conftest import TINY, need_fixtures
 from glmtune.cli import main
 from glmtune.data import DataConfig, DataError, prepare_splits
 from glmtune.data.cli_support import load_conversations
@@ -90,21 +89,19 @@ def test_broken_json_array_names_the_line(tmp_path):
     assert len(convs) == 1 and problems[0].line == 3 and problems[0].kind == "invalid_json"
 
 
-def test_cli_check_lists_all_problems_without_traceback(bad_file, capsys):
+def test_cli_check_lists_all_problems_without_traceback(bad_file, capsys, chatglm3_dir):
     # In-process main(): an exception escaping it would be the traceback a user sees.
-    need_fixtures()
-    assert main(["data", "check", str(bad_file), "--model", str(TINY)]) == 1
+    assert main(["data", "check", str(bad_file), "--model", str(chatglm3_dir)]) == 1
     out, err = capsys.readouterr()
     assert len([ln for ln in err.splitlines() if ln.startswith(f"{bad_file}:")]) == len(BAD_LINES)
     assert "11 records -> 2 samples" in out and "9 invalid records" in out
 
 
-def test_cli_user_errors_are_one_line(tmp_path, capsys):
-    need_fixtures()
+def test_cli_user_errors_are_one_line(tmp_path, capsys, chatglm3_dir):
     path = tmp_path / "x.jsonl"
     path.write_text(json.dumps({"foo": 1}) + "\n")
-    assert main(["data", "encode", str(path), "--model", str(TINY)]) == 2
+    assert main(["data", "encode", str(path), "--model", str(chatglm3_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("glmtune: error: ") and "cannot tell the data format" in err[0]
-    assert main(["data", "check", str(tmp_path / "missing.jsonl"), "--model", str(TINY)]) == 2
+    assert main(["data", "check", str(tmp_path / "missing.jsonl"), "--model", str(chatglm3_dir)]) == 2
     assert "data file not found" in capsys.readouterr().err
