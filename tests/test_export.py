@@ -26,11 +26,11 @@ def prompt_ids():
     return load_file(str(TINY / "reference.safetensors"))["single_input_ids"]
 
 
-def make_adapter(out_dir, **options):
-    """A LoRA adapter on the tiny fixture with non-zero B (a fresh adapter would be the identity)."""
+def make_adapter(out_dir, base=TINY, **options):
+    """A LoRA adapter on ``base`` (the tiny fixture) with non-zero B (a fresh adapter would be the identity)."""
     from glmtune.methods import prepare
 
-    prepared = prepare(load_model(TINY, dtype="fp32"), "lora", {"r": 4, "alpha": 8, "target": "all-linear", **options})
+    prepared = prepare(load_model(base, dtype="fp32"), "lora", {"r": 4, "alpha": 8, "target": "all-linear", **options})
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in prepared.model.named_parameters():
