@@ -31,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 
 MARKER = ".glmtune-quickstart"
+# What a quickstart writes in its folder: the only names a later quickstart removes there (the marker last).
+MADE = ("tokenizer", "data", "base-model", "run", "export", "train.yaml", MARKER)
 QUESTIONS = ("Who are you?", "你是谁？", "Who made you?", "你能做什么？")
 
 
@@ -60,13 +62,22 @@ def step(n: int, title: str) -> None:
 
 
 def prepare_folder(out: Path) -> None:
-    """Create ``out``; an earlier quickstart there is replaced, anything else is left alone."""
+    """Create ``out``; an earlier quickstart's files there are replaced, anything else is left alone."""
     from .errors import UserError
 
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file():
             raise UserError(f"{out}: folder exists and was not made by the quickstart; choose another --out")
-        shutil.rmtree(out)
+        here = Path.cwd().resolve()
+        if out.resolve() == here or out.resolve() in here.parents:
+            raise UserError(f"{out}: is or contains the working folder ({here}); run the quickstart from "
+                            "another folder or choose another --out")
+        for name in MADE:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by glmtune quickstart; safe to delete\n")
 
