@@ -111,3 +111,23 @@ def test_merged_weights_get_umask_permissions(tmp_path):
     weights = list(out.glob("*.safetensors"))
     assert len(weights) > 1
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o640 for p in out.iterdir())
+
+
+def test_a_failed_write_leaves_the_folder_as_it_was(tmp_path, lora, monkeypatch, capsys):
+    import glmtune.export as export
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.md").write_text("keep")
+    before = listing(out)
+
+    def disk_full(model_path, adapter, stage, *args):
+        (stage / "adapter_model.safetensors").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_export_official_adapter", disk_full)
+    err = cli_error(capsys, "--model", "tiny", "--adapter", str(lora), "--out", str(out), "--adapter-only", "--force")
+    assert "No space left on device" in err and str(out) in err
+    assert listing(out) == before
+    err = cli_error(capsys, "--model", "tiny", "--adapter", str(lora), "--out", str(tmp_path / "new"), "--adapter-only")
+    assert not (tmp_path / "new").exists()

@@ -82,34 +82,47 @@ class StagedExport:
 
     def __enter__(self) -> "StagedExport":
         self._created = not self.out_dir.exists()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=self.out_dir))
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=self.out_dir))
+        except OSError as exc:
+            raise ExportError(f"{self.out_dir}: cannot write there ({exc.strerror or exc}); choose a writable --out") from None
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
                 self._commit()
+        except OSError as error:
+            exc = error
         finally:
             shutil.rmtree(self.path, ignore_errors=True)  # our own staging folder only
-            if self._created and not any(self.out_dir.iterdir()):
+            if self._created and self.out_dir.is_dir() and not any(self.out_dir.iterdir()):
                 self.out_dir.rmdir()
+        if isinstance(exc, OSError):  # disk full, read-only folder...: one clear line, not a traceback
+            raise ExportError(f"{self.out_dir}: writing the export failed ({exc.strerror or exc}); nothing but "
+                              f"files a glmtune export lists in {MANIFEST} was changed; fix the cause and rerun "
+                              "with --force") from exc
 
     def _commit(self) -> None:
         staged = sorted(p.name for p in self.path.iterdir())
         ours = previous_export_files(self.out_dir)
-        foreign = [n for n in [*staged, MANIFEST] if (self.out_dir / n).exists() and n not in ours]
+        foreign = [n for n in [*staged, MANIFEST] if os.path.lexists(self.out_dir / n) and n not in ours]
         if foreign:
             raise ExportError(f"{self.out_dir / foreign[0]}: exists and was not written by a glmtune export (no "
                               f"{MANIFEST} there lists it); glmtune never overwrites files it did not write: move "
                               "it away or choose another --out")
+        # Listed before anything moves, so an interrupted commit leaves every file it placed claimed.
+        self._write_manifest(sorted((ours - {MANIFEST}) | set(staged)))
         for name in staged:
             os.replace(self.path / name, self.out_dir / name)
         stale = sorted(n for n in ours - set(staged) - {MANIFEST} if (self.out_dir / n).is_file())
         for name in stale:  # a previous export's files this one did not write again (e.g. other shard counts)
             (self.out_dir / name).unlink()
-        manifest = {**self.provenance, "files": staged}
-        (self.out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        self._write_manifest(staged)
         for name in [*staged, MANIFEST]:
             apply_umask(self.out_dir / name)  # safetensors writes 0600; only our own files are touched
         self.files, self.replaced = [*staged, MANIFEST], sorted((ours - {MANIFEST}) & set(staged)) + stale
+
+    def _write_manifest(self, files: list[str]) -> None:
+        (self.out_dir / MANIFEST).write_text(json.dumps({**self.provenance, "files": files}, indent=2) + "\n")
