@@ -91,9 +91,9 @@ def test_round_trip_native_chatglm3_native(official, tmp_path):
     assert json.loads((tmp_path / "cg" / "config.json").read_text())["model_type"] == "chatglm"
 
 
-def test_state_dict_conversion_functions_are_inverse(official):
-    sd = official.state_dict()
-    back = chatglm_state_dict_to_glm(glm_state_dict_to_chatglm(sd, official.config), official.config)
+def test_state_dict_conversion_functions_are_inverse(tiny_model):
+    sd = tiny_model.state_dict()
+    back = chatglm_state_dict_to_glm(glm_state_dict_to_chatglm(sd, tiny_model.config), tiny_model.config)
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
 
 
@@ -150,11 +150,11 @@ def test_single_safetensors_file(tmp_path, ref, official):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), official.state_dict().values()))
 
 
-def test_rope_ratio_and_32k_config(tmp_path):
-    need_fixtures()
-    cfg = json.loads((TINY / "config.json").read_text())
+def test_rope_ratio_and_32k_config(tmp_path, chatglm3_dir):
+    cfg = json.loads((chatglm3_dir / "config.json").read_text())
     cfg.update(rope_ratio=50, seq_length=32768)
-    shutil.copytree(TINY, tmp_path / "m", ignore=shutil.ignore_patterns("ptuning", "lora-official", "reference*"))
+    shutil.copytree(chatglm3_dir, tmp_path / "m",
+                    ignore=shutil.ignore_patterns("ptuning", "lora-official", "reference*"))
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     model = glmtune.load_model(tmp_path / "m")
     assert model.config.rope_parameters["rope_theta"] == 500000.0
@@ -164,9 +164,9 @@ def test_rope_ratio_and_32k_config(tmp_path):
     assert torch.allclose(inv, 1.0 / (500000.0 ** (torch.arange(0, 4, 2).float() / 4)))
 
 
-def _copy_tiny(tmp_path):
+def _copy_tiny(tmp_path, source):
     dst = tmp_path / "model"
-    shutil.copytree(TINY, dst, ignore=shutil.ignore_patterns("ptuning", "lora-official", "reference*"))
+    shutil.copytree(source, dst, ignore=shutil.ignore_patterns("ptuning", "lora-official", "reference*"))
     return dst
 
 
@@ -178,9 +178,8 @@ def _one_line_error(path, needle):
     return msg
 
 
-def test_error_unsupported_config_option(tmp_path):
-    need_fixtures()
-    m = _copy_tiny(tmp_path)
+def test_error_unsupported_config_option(tmp_path, chatglm3_dir):
+    m = _copy_tiny(tmp_path, chatglm3_dir)
     cfg = json.loads((m / "config.json").read_text())
     cfg["add_bias_linear"] = True
     (m / "config.json").write_text(json.dumps(cfg))
@@ -188,17 +187,15 @@ def test_error_unsupported_config_option(tmp_path):
     assert "config.json" in msg
 
 
-def test_error_missing_shard(tmp_path):
-    need_fixtures()
-    m = _copy_tiny(tmp_path)
+def test_error_missing_shard(tmp_path, chatglm3_dir):
+    m = _copy_tiny(tmp_path, chatglm3_dir)
     (m / "model-00002-of-00002.safetensors").unlink()
     msg = _one_line_error(m, "model-00002-of-00002.safetensors")
     assert "missing" in msg and "index" in msg
 
 
-def test_error_wrong_tensor_shape(tmp_path):
-    need_fixtures()
-    m = _copy_tiny(tmp_path)
+def test_error_wrong_tensor_shape(tmp_path, chatglm3_dir):
+    m = _copy_tiny(tmp_path, chatglm3_dir)
     shard = m / "model-00001-of-00002.safetensors"
     tensors = dict(iter_tensors(shard))
     tensors["transformer.encoder.layers.0.mlp.dense_4h_to_h.weight"] = torch.zeros(32, 16, dtype=torch.float16)
@@ -215,18 +212,16 @@ def test_error_non_chatglm_folder(tmp_path):
         glmtune.load_model(tmp_path / "nope")
 
 
-def test_error_truncated_shard(tmp_path):
-    need_fixtures()
-    m = _copy_tiny(tmp_path)
+def test_error_truncated_shard(tmp_path, chatglm3_dir):
+    m = _copy_tiny(tmp_path, chatglm3_dir)
     shard = m / "model-00002-of-00002.safetensors"
     shard.write_bytes(shard.read_bytes()[:-1000])
     _one_line_error(m, "truncated")
 
 
-def test_model_folder_code_is_never_run(tmp_path):
+def test_model_folder_code_is_never_run(tmp_path, chatglm3_dir):
     """A modeling file in the folder and a pickle payload in a .bin are never executed."""
-    need_fixtures()
-    m = _copy_tiny(tmp_path)
+    m = _copy_tiny(tmp_path, chatglm3_dir)
     marker = tmp_path / "pwned"
     (m / "modeling_chatglm.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
     glmtune.load_model(m)
@@ -238,7 +233,7 @@ def test_model_folder_code_is_never_run(tmp_path):
 
     evil = tmp_path / "evil"
     evil.mkdir()
-    shutil.copy(TINY / "config.json", evil)
+    shutil.copy(chatglm3_dir / "config.json", evil)
     torch.save({"x": Payload()}, evil / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="weights_only=True"):
         glmtune.load_model(evil)
@@ -259,31 +254,30 @@ def test_named_shapes():
     assert (big.num_hidden_layers, big.hidden_size, big.num_key_value_heads, big.vocab_size) == (28, 4096, 2, 65024)
 
 
-def test_init_model_cli_writes_loadable_folder(tmp_path):
-    need_fixtures()
+def test_init_model_cli_writes_loadable_folder(tmp_path, chatglm3_dir):
     out = tmp_path / "m"
-    cmd = [sys.executable, "-m", "glmtune", "init-model", "--shape", "tiny", "--tokenizer", str(TINY), "--out", str(out)]
+    cmd = [sys.executable, "-m", "glmtune", "init-model", "--shape", "tiny", "--tokenizer", str(chatglm3_dir),
+           "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True)
     model = glmtune.load_model(out)
     assert model.config.vocab_size == 65024
     assert next(glmtune.load_model(out, dtype=None, device="cpu").parameters()).dtype == torch.float32
     gen = json.loads((out / "generation_config.json").read_text())
-    assert gen["eos_token_id"] == [2, 64795, 64797]
+    assert gen["eos_token_id"] == glmtune.load_tokenizer(chatglm3_dir).stop_ids  # [2, <|user|>, <|observation|>]
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
 
 
 @pytest.mark.parametrize("command", ["chat", "eval", "serve", "init-model"])
-def test_unknown_dtype_is_one_line_error(command, tmp_path, capsys):
+def test_unknown_dtype_is_one_line_error(command, tmp_path, capsys, chatglm3_dir):
     from glmtune.cli import main
 
-    need_fixtures()
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"conversations": [{"role": "user", "content": "hi"},
                                                   {"role": "assistant", "content": "yo"}]}) + "\n")
-    argv = {"chat": ["--model", str(TINY)], "serve": ["--model", str(TINY), "--port", "0"],
-            "eval": ["--model", str(TINY), "--data", str(data)],
-            "init-model": ["--shape", "tiny", "--tokenizer", str(TINY), "--out", str(tmp_path / "m")]}[command]
+    argv = {"chat": ["--model", str(chatglm3_dir)], "serve": ["--model", str(chatglm3_dir), "--port", "0"],
+            "eval": ["--model", str(chatglm3_dir), "--data", str(data)],
+            "init-model": ["--shape", "tiny", "--tokenizer", str(chatglm3_dir), "--out", str(tmp_path / "m")]}[command]
     code = main([command, *argv, "--dtype", "foo"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("glmtune: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
