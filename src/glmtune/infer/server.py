@@ -11,6 +11,9 @@ messages go back to the model as ``<|observation|>`` turns.
 from __future__ import annotations
 
 import json
+import math
+import select
+import socket
 import threading
 import time
 import uuid
@@ -20,10 +23,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ..data.chat_format import rendered_messages
 from ..data.errors import DataError
 from ..data.formats import openai_conversation
-from .chat import ChatError, ChatSession, Reply
+from .chat import ChatError, ChatSession, Reply, check_text
 from .sampling import SamplingConfig
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
 
 
 class RequestError(ValueError):
@@ -43,29 +47,80 @@ class ServerState:
     lock: threading.Lock
 
 
-def _number(body: dict, key: str, kind, default):
+def _number(body: dict, key: str, kind, default, minimum: float | None = None, maximum: float | None = None):
+    """``body[key]`` as a finite int/float within bounds (the default when absent or null); RequestError otherwise."""
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(f"'{key}' must be a number, got {json.dumps(value)}", key)
+    if not math.isfinite(value) or (kind is int and value != int(value)):
+        raise RequestError(f"'{key}' must be a finite {'integer' if kind is int else 'number'}, "
+                           f"got {json.dumps(value)}", key)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise RequestError(f"'{key}' must be {bounds}, got {json.dumps(value)}", key)
     return kind(value)
 
 
 def sampling_from_request(body: dict, defaults: SamplingConfig) -> SamplingConfig:
     if _number(body, "n", int, 1) != 1:
         raise RequestError("only n=1 is supported", "n")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     try:
         return SamplingConfig(
-            max_new_tokens=defaults.max_new_tokens if max_tokens is None else _number({"m": max_tokens}, "m", int, 0),
-            temperature=_number(body, "temperature", float, defaults.temperature),
+            max_new_tokens=_number(body, key, int, defaults.max_new_tokens, minimum=1),
+            # 0 is greedy; a negative temperature is a mistake, not a request for greedy decoding.
+            temperature=_number(body, "temperature", float, defaults.temperature, minimum=0),
             top_p=_number(body, "top_p", float, defaults.top_p),
             top_k=defaults.top_k,
             repetition_penalty=defaults.repetition_penalty,
-            seed=_number(body, "seed", int, defaults.seed))
-    except ValueError as exc:
+            seed=_number(body, "seed", int, defaults.seed, minimum=0, maximum=MAX_SEED))
+    except RequestError:
+        raise
+    except ValueError as exc:  # SamplingConfig's own checks (top_p ...)
         raise RequestError(str(exc)) from None
+
+
+def check_request(body: dict) -> None:
+    """The options other than messages and sampling: types the handler relies on."""
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise RequestError(f"'stream' must be true or false, got {json.dumps(body['stream'])}", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise RequestError(f"'stream_options' must be an object, got {json.dumps(options)}", "stream_options")
+
+
+def content_length(header: str | None) -> int:
+    """The request's Content-Length: a decimal number of bytes within the limit (absent: no body)."""
+    if header is None:
+        return 0
+    text = header.strip()
+    if not text.isdigit() or not text.isascii():
+        raise RequestError(f"Content-Length must be a non-negative number of bytes, got {header!r}")
+    length = int(text)
+    if length > MAX_BODY_BYTES:
+        raise RequestError(f"request body too large ({length} bytes; limit {MAX_BODY_BYTES})")
+    return length
+
+
+def parse_body(data: bytes) -> dict:
+    """The JSON object of a request body; RequestError for anything else (too deep, invalid Unicode ...)."""
+    try:
+        body = json.loads(data or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise RequestError("request body is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    try:
+        check_text(json.dumps(body, ensure_ascii=False), "the request body")
+    except ChatError as exc:  # a \ud800-style escape without its pair: not text any tokenizer can encode
+        raise RequestError(f"{exc} (a lone surrogate escape such as \\ud800)") from None
+    except RecursionError:
+        raise RequestError("request body is nested too deeply") from None
+    return body
 
 
 def conversation_from_request(body: dict):
@@ -108,13 +163,15 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "glmtune"
     protocol_version = "HTTP/1.1"
     state: ServerState  # set on the subclass made by make_server
+    _replied = False  # whether a status line went out for the current request
 
     def log_message(self, fmt, *args):  # quiet by default; the CLI prints one line per request itself
         pass
 
     # -- plumbing ------------------------------------------------------------------------
     def _send_json(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        data = json.dumps(payload, ensure_ascii=False).encode("utf-8", errors="replace")
+        self._replied = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -125,16 +182,16 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(status, {"error": {"message": message, "type": kind, "param": param, "code": None}})
 
     def _read_body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise RequestError(f"request body too large ({length} bytes; limit {MAX_BODY_BYTES})")
+        length = content_length(self.headers.get("Content-Length"))
+        return parse_body(self.rfile.read(length))
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its connection (readable with no data left means EOF)."""
         try:
-            body = json.loads(self.rfile.read(length) or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(f"request body is not valid JSON ({exc})") from None
-        if not isinstance(body, dict):
-            raise RequestError("request body must be a JSON object")
-        return body
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     # -- routes --------------------------------------------------------------------------
     def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -149,31 +206,48 @@ class Handler(BaseHTTPRequestHandler):
                         "not_found_error")
 
     def do_POST(self):  # noqa: N802
+        try:
+            self._post()
+        except Exception as exc:  # noqa: BLE001 -- never drop a connection without a reply
+            if not self._replied:
+                self._error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+            self.close_connection = True
+
+    def _post(self) -> None:
+        self._replied = False
         if self.path.split("?")[0].rstrip("/") != "/v1/chat/completions":
             self._error(404, f"no route POST {self.path}; try /v1/chat/completions", "not_found_error")
             return
         try:
             body = self._read_body()
+            check_request(body)
             messages = conversation_from_request(body)
             sampling = sampling_from_request(body, self.state.defaults)
         except RequestError as exc:
+            self.close_connection = True  # the body may not have been read: do not parse it as a request
             self._error(400, str(exc), param=exc.param)
             return
         session = ChatSession(self.state.model, self.state.tokenizer, sampling=sampling, history=messages)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         with self.state.lock:
+            if self._client_gone():  # gave up while queued
+                self.close_connection = True
+                return
             try:
-                stream = session.stream()
+                stream = session.stream(should_stop=self._client_gone)
             except ChatError as exc:
                 self._error(400, str(exc), param="messages")
                 return
             if body.get("stream"):
                 self._stream(stream, cid, created, bool((body.get("stream_options") or {}).get("include_usage")))
             else:
-                self._send_json(200, completion_json(stream.text(), self.state.name, cid, created))
+                reply = stream.text()
+                if not self._client_gone():
+                    self._send_json(200, completion_json(reply, self.state.name, cid, created))
 
     def _stream(self, stream, cid: str, created: int, include_usage: bool) -> None:
         name = self.state.name
+        self._replied = True
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")

@@ -1,0 +1,117 @@
+"""The server under hostile requests: every bad request gets a 400 reply, and abandoned requests stop generating."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from glmtune.infer.sampling import SamplingConfig
+from glmtune.infer.server import make_server
+from test_infer_chat_robust import ScriptedModel
+from test_infer_trained import trained_chatbot
+
+
+def serve(model, tok):
+    server = make_server(model, tok, host="127.0.0.1", port=0, name="ziggy",
+                         defaults=SamplingConfig(temperature=0, max_new_tokens=48))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.fixture(scope="module")
+def address():
+    _, model, tok = trained_chatbot()
+    server, thread = serve(model, tok)
+    yield server.server_address[:2]
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def raw_request(address, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """POST exactly these bytes with exactly these headers; (status, JSON reply)."""
+    conn = http.client.HTTPConnection(*address, timeout=30)
+    conn.putrequest("POST", "/v1/chat/completions", skip_accept_encoding=True)
+    for key, value in (headers or {"Content-Length": str(len(body))}).items():
+        conn.putheader(key, value)
+    conn.putheader("Content-Type", "application/json")
+    conn.endheaders()
+    conn.send(body)
+    resp = conn.getresponse()
+    status, data = resp.status, json.loads(resp.read())
+    conn.close()
+    return status, data
+
+
+HI = [{"role": "user", "content": "ping"}]
+
+
+@pytest.mark.parametrize("body, param, fragment", [
+    (b'{"messages": [{"role": "user", "content": "ping"}], "temperature": NaN}', "temperature", "finite"),
+    (b'{"messages": [{"role": "user", "content": "ping"}], "temperature": Infinity}', "temperature", "finite"),
+    (json.dumps({"messages": HI, "temperature": -0.5}).encode(), "temperature", ">= 0"),
+    (json.dumps({"messages": HI, "seed": 1e30}).encode(), "seed", "between 0 and"),
+    (json.dumps({"messages": HI, "seed": -1}).encode(), "seed", "between 0 and"),
+    (json.dumps({"messages": HI, "max_tokens": 0}).encode(), "max_tokens", ">= 1"),
+    (json.dumps({"messages": HI, "stream_options": 5}).encode(), "stream_options", "must be an object"),
+    (json.dumps({"messages": HI, "stream": "yes"}).encode(), "stream", "true or false"),
+    (b'{"messages": [{"role": "user", "content": "bad \\ud800 text"}]}', None, "not valid UTF-8"),
+    (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "nested too deeply"),
+])
+def test_bad_values_get_openai_shaped_400(address, body, param, fragment):
+    status, data = raw_request(address, body)
+    assert status == 400, data
+    error = data["error"]
+    assert fragment in error["message"] and error["type"] == "invalid_request_error" and error["param"] == param
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("length", ["-5", "abc", "1e3", ""])
+def test_bad_content_length_gets_400(address, length):
+    body = json.dumps({"messages": HI}).encode()
+    status, data = raw_request(address, body, {"Content-Length": length})
+    assert status == 400 and "Content-Length" in data["error"]["message"]
+
+
+def test_server_still_answers_after_bad_requests(address):
+    raw_request(address, b'{"messages": [], "temperature": NaN}')
+    status, data = raw_request(address, json.dumps({"messages": [{"role": "user", "content": "who are you"}]}).encode())
+    assert status == 200 and data["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_abandoned_request_stops_generation(stream):
+    _, _, tok = trained_chatbot()
+    # Endless text ("\n" then one word forever), slowed down so the run would take minutes.
+    model = ScriptedModel(tok.encode("\npong"), tok.encode("pong")[-1], tok.vocab_size, max_positions=10**7)
+    slow_forward = model.forward
+
+    def forward(*args, **kwargs):
+        time.sleep(0.002)
+        return slow_forward(*args, **kwargs)
+
+    model.forward = forward
+    server, thread = serve(model, tok)
+    try:
+        body = json.dumps({"messages": HI, "max_tokens": 100_000, "stream": stream}).encode()
+        sock = socket.create_connection(server.server_address[:2], timeout=10)
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(0.5)
+        if stream:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # tokens are flowing
+        sock.close()
+        time.sleep(0.5)
+        after_close = model.calls
+        time.sleep(0.5)
+        assert model.calls == after_close and after_close < 5000
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
