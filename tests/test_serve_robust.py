@@ -115,3 +115,23 @@ def test_abandoned_request_stops_generation(stream):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_streamed_reply_without_leading_newline_is_sent():
+    _, _, tok = trained_chatbot()
+    model = ScriptedModel(tok.encode("pong pong") + [tok.get_command("<|user|>")], 0, tok.vocab_size)
+    server, thread = serve(model, tok)
+    try:
+        conn = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps({"messages": HI, "stream": True}),
+                     {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        lines = [line.decode() for line in resp.read().splitlines() if line.startswith(b"data: {")]
+        conn.close()
+        deltas = [json.loads(line[6:])["choices"] for line in lines]
+        text = "".join(c[0]["delta"].get("content", "") for c in deltas if c)
+        assert resp.status == 200 and text == "pong pong"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
