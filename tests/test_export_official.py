@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY, need_fixtures
-from glmtune import cli, load_model
+from test_export import make_adapter
+from glmtune import cli, load_model, save_model
 from glmtune.export import OFFICIAL_AUTO_MAP, export_model
 
 OFFICIAL_KEY = re.compile(r"^base_model\.model\.transformer\.encoder\.layers\.\d+\.(self_attention\.(query_key_value|dense)"
@@ -27,17 +28,7 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def make_lora(base, out_dir, **options):
-    """A glmtune LoRA with non-zero A and B on ``base`` (a shape name or folder), saved to ``out_dir``."""
-    from glmtune.methods import prepare
-
-    prepared = prepare(load_model(base, dtype="fp32"), "lora", {"r": 4, "alpha": 8, **options})
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in prepared.model.named_parameters():
-            if "lora_" in name or "magnitude" in name:
-                param.add_(torch.randn(param.shape, generator=gen) * 0.05)
-    prepared.save(out_dir)
-    return out_dir
+    return make_adapter(out_dir, base=base, **options)
 
 
 @pytest.mark.parametrize("options", [
@@ -163,3 +154,49 @@ def test_chatglm3_layout_keeps_thudm_auto_map_and_tokenizer_config(tmp_path):
     assert tokenizer_cfg["auto_map"]["AutoTokenizer"][0] == "tokenization_chatglm.ChatGLMTokenizer"
     assert tokenizer_cfg["tokenizer_class"] == "ChatGLMTokenizer"
     assert torch.equal(load_model(back).model.embed_tokens.weight, load_model(TINY).model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("multi_query", [True, False])
+def test_official_lora_rows_follow_the_fused_weight_order(tmp_path, multi_query):
+    """B'·A' of query_key_value equals the native q/k/v updates fused as the base weight is fused.
+
+    Without multi-query attention THUDM's fused rows are interleaved per head, so a
+    plain [q; k; v] stacking would be silently wrong there.
+    """
+    from safetensors.torch import load_file as load
+    from transformers import GlmConfig, GlmForCausalLM
+
+    from glmtune.models.convert import fuse_qkv
+
+    config = GlmConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2 if multi_query else 4, head_dim=8,
+                       attention_bias=True, partial_rotary_factor=0.5, pad_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    save_model_dir = tmp_path / "base"
+    save_model(GlmForCausalLM(config), save_model_dir, layout="chatglm3")
+    assert json.loads((save_model_dir / "config.json").read_text())["multi_query_attention"] is multi_query
+    ours = make_lora(save_model_dir, tmp_path / "lora", target="all-linear")
+    out = export_model(save_model_dir, tmp_path / "official", adapter=ours, adapter_only=True).out_dir
+    native, official = load(str(ours / "adapter_model.safetensors")), load(str(out / "adapter_model.safetensors"))
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    loaded = load_model(save_model_dir).config
+
+    def delta(proj):
+        key = f"base_model.model.model.layers.1.self_attn.{proj}"
+        return native[f"{key}.lora_B.weight"] @ native[f"{key}.lora_A.weight"] * (8 / 4)
+
+    key = "base_model.model.transformer.encoder.layers.1.self_attention.query_key_value"
+    got = official[f"{key}.lora_B.weight"] @ official[f"{key}.lora_A.weight"] * (cfg["lora_alpha"] / cfg["r"])
+    assert (got - fuse_qkv(delta("q_proj"), delta("k_proj"), delta("v_proj"), loaded)).abs().max() <= 1e-7
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    expected = logits(load_model(save_model_dir, dtype="fp32", adapter=ours), ids)
+    assert (logits(load_model(save_model_dir, dtype="fp32", adapter=out), ids) - expected).abs().max() <= 1e-5
+
+
+def test_official_adapter_export_names_a_wrong_base_model(tmp_path, capsys):
+    ours = make_lora("tiny", tmp_path / "lora", target="all-linear")
+    assert cli.main(["export", "--model", "small", "--adapter", str(ours), "--out", str(tmp_path / "o"),
+                     "--adapter-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glmtune: error: ") and str(ours) in err and "base model" in err
+    assert not (tmp_path / "o").exists()

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..models.checkpoint import iter_tensors
-from ..models.convert import CheckpointError, qkv_split_sizes
+from ..models.convert import CheckpointError, fuse_qkv, qkv_split_sizes, split_qkv
 from .errors import MethodError
 from .options import OFFICIAL_MODULE_NAMES
 
@@ -101,7 +101,8 @@ def convert_official_state(state: dict[str, torch.Tensor], config, source: Path)
                     f"{source}: {name} has {tensor.shape[0]} rows, but this base model's query_key_value has "
                     f"{sum(sizes)}; the adapter was trained for a different base model shape"
                 )
-            for proj, part in zip(natives, torch.split(tensor, sizes, dim=0)):
+            # B's rows are ordered like the fused weight's (interleaved per head without multi-query).
+            for proj, part in zip(natives, split_qkv(tensor, config)):
                 out[f"{prefix}{proj}.{kind}{suffix}"] = part.contiguous()
     return out
 
@@ -225,13 +226,13 @@ def _native_lora_modules(state: dict[str, torch.Tensor], source: Path) -> dict[t
     return modules
 
 
-def official_lora_state(cfg: dict, state: dict[str, torch.Tensor], config, source: Path,
-                        fuse_rows=None) -> tuple[dict[str, torch.Tensor], int]:
+def official_lora_state(cfg: dict, state: dict[str, torch.Tensor], config,
+                        source: Path) -> tuple[dict[str, torch.Tensor], int]:
     """Official ChatGLM3 LoRA tensors with the same update as a native adapter, and their common rank.
 
     q/k/v fuse into ``query_key_value``: A stacked [A_q; A_k; A_v] and B
     block-diagonal, so B'·A' = [B_q·A_q; B_k·A_k; B_v·A_v]; rows follow the
-    fused weight's order (``fuse_rows``, as the base weight is fused).
+    fused weight's order (``fuse_qkv``, as the base weight is fused).
     Every module is zero-padded to one rank, since the PEFT releases the
     official demo pins read a single ``r``; zero rows add nothing to B·A.
     """
@@ -248,11 +249,12 @@ def official_lora_state(cfg: dict, state: dict[str, torch.Tensor], config, sourc
     for (layer, native), ab in sorted(modules.items()):
         if set(ab) != {"lora_A", "lora_B"}:
             raise MethodError(f"{source}: layer {layer} {native} lacks lora_A or lora_B")
+        _check_lora_shapes(ab, native, r, config, f"{source}: layer {layer}")
         if native not in sizes:
             fused[(layer, _OFFICIAL_OF[native])] = (ab["lora_A"], ab["lora_B"])
     for layer in sorted({layer for layer, native in modules if native in sizes}):
         parts = {n: modules[(layer, n)] for n in sizes if (layer, n) in modules}
-        fused[(layer, "query_key_value")] = _fused_qkv_lora(parts, sizes, r, f"{source}: layer {layer}", fuse_rows)
+        fused[(layer, "query_key_value")] = _fused_qkv_lora(parts, sizes, r, config)
     rank = max(a.shape[0] for a, _ in fused.values())
     out: dict[str, torch.Tensor] = {}
     for (layer, official), (a, b) in fused.items():
@@ -262,22 +264,31 @@ def official_lora_state(cfg: dict, state: dict[str, torch.Tensor], config, sourc
     return out, rank
 
 
-def _fused_qkv_lora(parts: dict[str, dict[str, torch.Tensor]], sizes: dict[str, int], r: int, where: str,
-                    fuse_rows) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_lora_shapes(ab: dict[str, torch.Tensor], native: str, r: int, config, where: str) -> None:
+    """A is (r, in) and B is (out, r) for the base layer; a wrong base model is named, not mis-written."""
+    heads_d = config.num_attention_heads * config.head_dim
+    kv_d = config.num_key_value_heads * config.head_dim
+    hidden, ffn = config.hidden_size, config.intermediate_size
+    in_out = {"q_proj": (hidden, heads_d), "k_proj": (hidden, kv_d), "v_proj": (hidden, kv_d),
+              "o_proj": (heads_d, hidden), "gate_up_proj": (hidden, 2 * ffn), "down_proj": (ffn, hidden)}[native]
+    got = (tuple(ab["lora_A"].shape), tuple(ab["lora_B"].shape))
+    if got != ((r, in_out[0]), (in_out[1], r)):
+        raise MethodError(f"{where} {native} has lora_A {got[0]} and lora_B {got[1]}, but r {r} on this base model "
+                          f"needs {(r, in_out[0])} and {(in_out[1], r)}; pass the base model the adapter was trained on")
+
+
+def _fused_qkv_lora(parts: dict[str, dict[str, torch.Tensor]], sizes: dict[str, int], r: int,
+                    config) -> tuple[torch.Tensor, torch.Tensor]:
     """(A', B') of one fused query_key_value: A stacked, B block-diagonal (zero rows for an untargeted part)."""
     a = torch.cat([ab["lora_A"] for ab in parts.values()], dim=0)
     blocks, column = [], 0
     for name, rows in sizes.items():
         block = a.new_zeros(rows, a.shape[0])
         if name in parts:
-            b = parts[name]["lora_B"]
-            if tuple(b.shape) != (rows, r):
-                raise MethodError(f"{where} {name}.lora_B has shape {tuple(b.shape)}, but this base model and r {r} "
-                                  f"need {(rows, r)}; pass the base model the adapter was trained on")
-            block[:, column:column + r] = b
+            block[:, column:column + r] = parts[name]["lora_B"]
             column += r
         blocks.append(block)
-    return a, (fuse_rows(blocks) if fuse_rows else torch.cat(blocks, dim=0))
+    return a, fuse_qkv(*blocks, config)
 
 
 def official_lora_config(cfg: dict, rank: int, scaling: float, targets: list[str], base_path: str | None) -> dict:
@@ -295,7 +306,7 @@ def official_lora_config(cfg: dict, rank: int, scaling: float, targets: list[str
 
 
 def save_official_lora(adapter_dir: str | os.PathLike, config, out_dir: str | os.PathLike, *,
-                       base_path: str | None, dtype: torch.dtype | None = None, fuse_rows=None) -> list[Path]:
+                       base_path: str | None, dtype: torch.dtype | None = None) -> list[Path]:
     """Write the adapter in ``adapter_dir`` as PEFT saves a LoRA for THUDM's ChatGLM3 code (same update).
 
     ``config`` is the base model's GlmConfig (row sizes of the fused layer);
@@ -307,15 +318,16 @@ def save_official_lora(adapter_dir: str | os.PathLike, config, out_dir: str | os
     cfg = read_adapter_config(folder)
     path = adapter_weights_file(folder)
     state = read_adapter_state(path)
+    scaling = lora_scaling(cfg, folder / "adapter_config.json")
     if is_official(cfg, state):
         state = convert_official_state(state, config, path)
-    state, rank = official_lora_state(cfg, state, config, path, fuse_rows)
+    state, rank = official_lora_state(cfg, state, config, path)
     present = {k.split(".")[-3] for k in state}
     targets = [name for name in OFFICIAL_MODULE_NAMES if name in present]
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config_json = official_lora_config(cfg, rank, lora_scaling(cfg, folder / "adapter_config.json"), targets, base_path)
+    config_json = official_lora_config(cfg, rank, scaling, targets, base_path)
     (out / "adapter_config.json").write_text(json.dumps(config_json, indent=2) + "\n")
     return [out / "adapter_model.safetensors", out / "adapter_config.json"]
