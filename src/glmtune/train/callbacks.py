@@ -60,8 +60,15 @@ class JsonlLogCallback(TrainerCallback):
         record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
         if not state.is_world_process_zero:
             return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as exc:  # disk full, folder made read-only: stop with the reason, not a traceback
+            from .trainer import TrainingError
+
+            raise TrainingError(f"could not write {self.path} ({exc.strerror}); checkpoints written so far are "
+                                "intact: free disk space or fix the folder's permissions, then resume with "
+                                "training.resume=yes") from None
 
 
 class ProgressCallback(TrainerCallback):

@@ -24,7 +24,7 @@ from .layout import (FINAL_DIR, LOG_FILE, TMP_PREFIX, check_overwrite_target, cl
 from .plots import plot_losses
 from .resume import check_resume_config, finished
 from .setup import Precision, cast_trainable_to_fp32, resolve_precision, training_arguments, weights_device
-from .trainer import GlmTrainer, TrainingError, save_failure, write_json
+from .trainer import WRITE_ERRORS, GlmTrainer, TrainingError, save_failure, write_json
 
 
 @dataclass
@@ -305,7 +305,7 @@ def _save_final(trainer: GlmTrainer, prepared, tokenizer, out: Path) -> Path:
                 from ..models import write_generation_config
 
                 write_generation_config(tmp, tokenizer)
-        except OSError as exc:
+        except WRITE_ERRORS as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise TrainingError(save_failure(out, FINAL_DIR, exc)) from None
         commit_folder(tmp, final)

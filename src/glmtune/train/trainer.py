@@ -30,10 +30,17 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from safetensors import SafetensorError
+
 from ..files import apply_umask
 from .layout import STATE_FILE as TRAINER_STATE_NAME
 from .layout import TMP_PREFIX, checkpoints, commit_folder
 from .loss import answer_only_loss, find_lm_head
+
+
+# What writing a checkpoint raises when the disk or folder fails: the OS's error, torch.save's RuntimeError
+# ("PytorchStreamWriter failed writing file"), safetensors' own error ("I/O error: No space left on device").
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 class TrainingError(GlmtuneError, RuntimeError):
@@ -134,7 +141,7 @@ class GlmTrainer(Trainer):
         self._staging = staging
         try:
             super()._save_checkpoint(model, trial)
-        except (OSError, RuntimeError) as exc:  # disk full, folder made read-only, quota, ...
+        except WRITE_ERRORS as exc:  # disk full, folder made read-only, quota, ...
             if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)
             raise TrainingError(save_failure(run_dir, name, exc)) from None
