@@ -186,3 +186,28 @@ def test_skip_invalid_validation_records_are_left_out_of_generation_eval(tmp_pat
     convs = splits.conversations("validation")
     assert [(c.line, c.messages[-1].content) for c in convs] == [(2, "r1"), (5, "r2")]
     assert not hasattr(splits, "eval_prompts")
+
+
+def test_a_training_run_with_skip_invalid_evaluates_only_the_valid_validation_records(tmp_path):
+    """End to end: the run's generation eval reads the validation split with the same loader (no crash)."""
+    from glmtune.config import load_config
+    from glmtune.tokenizer import train_tokenizer
+    from glmtune.train import run_training
+
+    rows = [_chat(f"question {i}?", f"answer {i}.") for i in range(4)]
+    train_tokenizer([m["content"] for r in rows for m in r["conversations"]] * 8, tmp_path / "tok", vocab_size=300)
+    _lines(tmp_path / "train.jsonl", rows)
+    _lines(tmp_path / "dev.jsonl", [[1, 2], rows[0], "{broken", rows[1]])
+    cfg = load_config({
+        "model": {"path": "tiny", "tokenizer": str(tmp_path / "tok"), "device": "cpu"},
+        "data": {"train_file": "train.jsonl", "val_file": "dev.jsonl", "data_dir": str(tmp_path),
+                 "skip_invalid": True, "max_input_length": 16, "max_output_length": 16, "cache": False},
+        "method": {"name": "lora"},
+        "training": {"max_steps": 1, "batch_size": 2, "logging_steps": 1, "save_steps": 0, "tensorboard": False},
+        "evaluation": {"strategy": "steps", "steps": 1, "max_new_tokens": 2},
+        "output": {"dir": str(tmp_path / "out"), "plots": False},
+    })
+    run_training(cfg, quiet=True)
+    preds = [json.loads(x) for x in next((tmp_path / "out" / "eval").rglob("predictions.jsonl")).read_text()
+             .splitlines()]
+    assert [p["source"] for p in preds] == [f"{tmp_path / 'dev.jsonl'}:2", f"{tmp_path / 'dev.jsonl'}:4"]
