@@ -106,6 +106,7 @@ def chatglm3_dir(request, tmp_path_factory) -> Path:
     model = load_model("tiny", dtype="fp32", seed=0)
     save_model(model, out, layout="chatglm3", dtype="fp16", max_shard_bytes=5_000_000)  # two shards, as the fixture
     request.getfixturevalue("trained_tokenizer").save_pretrained(out)
+    (out / "MODEL_LICENSE").write_text("Stand-in for the ChatGLM3 model license shipped beside official checkpoints.\n")
     return out
 
 
@@ -144,3 +145,16 @@ def greedy_ids(model, input_ids, steps: int = 16):
         mask = torch.cat([mask, torch.ones_like(token)], dim=-1)
         out = model(input_ids=token, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
     return torch.cat(generated, dim=-1)
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory) -> dict:
+    """A small model folder + trained tokenizer + the bundled self-cognition data, built in-process as the
+    quickstart does (no fixtures needed): keys out, data, model, runs."""
+    from glmtune.quickstart import make_base_model, make_tokenizer, write_dataset
+
+    out = tmp_path_factory.mktemp("workspace")
+    data = write_dataset(out, "Glimmer", "the glmtune team")
+    tok, tok_dir = make_tokenizer(out, data, None)
+    base = make_base_model(out, tok, tok_dir, seed=0)
+    return {"out": out, "data": data, "model": base, "runs": out / "runs"}
