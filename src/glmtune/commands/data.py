@@ -88,17 +88,13 @@ def _tokenizer(model: str):
     from pathlib import Path
 
     from ..errors import UserError
+    from ..infer.loading import hub_id_hint
     from ..tokenizer import load_tokenizer
 
     path = Path(model).expanduser()
     if not path.exists():
-        text = (f"--model {model!r}: no such folder or file. glmtune does not download models: pass a local model "
-                "folder (or its tokenizer.model)")
-        parts = model.split("/")
-        if len(parts) == 2 and all(parts) and not model.startswith((".", "~")):
-            text += (f"; {model!r} looks like a Hugging Face hub id: download it first "
-                     f"(e.g. `huggingface-cli download {model} --local-dir models/{parts[1]}`)")
-        raise UserError(text)
+        raise UserError(f"--model {model!r}: no such folder or file. glmtune does not download models: pass a local "
+                        f"model folder (or its tokenizer.model){hub_id_hint(model)}")
     return load_tokenizer(path)
 
 

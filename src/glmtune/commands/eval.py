@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_arguments(p)
     p.add_argument("--data", required=True, help="dataset file (JSON, JSONL, CSV, Parquet ...)")
     p.add_argument("--format", default="auto", help="record format (default: detected from the first record)")
+    p.add_argument("--columns", default="",
+                   help="column mapping src=dst[,src=dst] (e.g. content=user,summary=assistant), as for glmtune data")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
     p.add_argument("--max-samples", dest="max_samples", type=int, default=None, help="evaluate the first N samples")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=256)
@@ -27,17 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_dataset(path, fmt: str):
+def load_dataset(path, fmt: str, columns: str = ""):
     from pathlib import Path
 
     from ..errors import UserError
     from ..data.cli_support import load_conversations
     from ..data.config import DataConfig
+    from .data import _columns  # the one parser of --columns, shared with glmtune data
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: dataset file not found")
-    conversations, problems = load_conversations(path, DataConfig(format=fmt))
+    conversations, problems = load_conversations(path, DataConfig(format=fmt, columns=_columns(columns)))
     if problems:
         first = problems[0]
         raise UserError(f"{len(problems)} invalid record(s) in {path}; first: {first}. "
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                                 temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    conversations = load_dataset(args.data, args.format)
+    conversations = load_dataset(args.data, args.format, args.columns)
     model, tok = load_for_inference(args.model, adapter=args.adapter, prefix=args.prefix, tokenizer=args.tokenizer,
                                     dtype=args.dtype, device=args.device)
     total = len(build_samples(conversations, tok, settings))

@@ -9,13 +9,17 @@ from ..errors import UserError
 
 
 def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None, dtype=None, device=None):
-    """(model, tokenizer) ready for generation; ``--adapter`` and ``--prefix`` exclude each other."""
+    """(model, tokenizer) ready for generation; ``--adapter`` and ``--prefix`` exclude each other.
+
+    ``model_path`` may also be a fine-tuning result (see :func:`resolve_model_args`).
+    """
     from ..devices import resolve_device
     from ..models import load_model
     from ..tokenizer import find_tokenizer, load_tokenizer
 
     if adapter and prefix:
         raise UserError("--adapter and --prefix exclude each other: a model is tuned with LoRA or with P-Tuning")
+    model_path, adapter, prefix = resolve_model_args(model_path, adapter, prefix)
     tok = load_tokenizer(find_tokenizer(tokenizer, model_path, adapter, prefix))
     model = load_model(model_path, dtype=dtype, device=resolve_device(device), adapter=adapter, prefix=prefix)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -23,6 +27,78 @@ def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None,
         raise UserError(f"tokenizer has {tok.vocab_size} ids but the model only {vocab}: "
                         "the tokenizer does not belong to this model (pass the right --tokenizer)")
     return model, tok
+
+
+def resolve_model_args(model_path, adapter=None, prefix=None) -> tuple:
+    """(model, adapter, prefix) to load for ``--model MODEL`` as the user gave it.
+
+    A path that does not exist (a hub id, a typo) is an error saying that
+    glmtune never downloads. A fine-tuning result given as ``--model`` (a
+    LoRA adapter, P-Tuning prefix or freeze result: no model weights of its
+    own) loads on the base model its ``adapter_config.json`` names when that
+    folder exists here; otherwise the error says to pass it as ``--adapter``
+    or ``--prefix`` with the base model.
+    """
+    from ..models import SHAPES
+
+    path = Path(model_path).expanduser()
+    if not path.exists():
+        if str(model_path) in SHAPES:
+            return model_path, adapter, prefix
+        raise UserError(_not_found(str(model_path)))
+    method = None if adapter or prefix or not path.is_dir() else _result_method(path)
+    if method is None:
+        return model_path, adapter, prefix
+    base = _adapter_base(path)
+    if base is not None and (Path(base).expanduser() / "config.json").is_file():
+        return base, path, None
+    option = "--prefix" if method == "ptuning" else "--adapter"
+    text = (f"--model {path}: this folder is a fine-tuning result, not a model; pass the base model as --model "
+            f"and this folder as {option} (e.g. --model BASE_MODEL {option} {path})")
+    if base:
+        text += f"; its adapter_config.json names the base {base!r}, which is not a model folder on this machine"
+    raise UserError(text)
+
+
+_MODEL_WEIGHTS = ("model*.safetensors", "pytorch_model*.bin")
+
+
+def _result_method(path: Path) -> str | None:
+    """The method of a fine-tuning result folder (no model weights of its own), else None."""
+    # Deferred: the methods package imports torch.
+    from ..methods import MethodError
+    from ..methods.registry import detect_method
+
+    if any(next(path.glob(pattern), None) for pattern in _MODEL_WEIGHTS):
+        return None
+    try:
+        return detect_method(path)
+    except MethodError:
+        return None
+
+
+def _adapter_base(path: Path) -> str | None:
+    """The base model a LoRA adapter names (PEFT's ``base_model_name_or_path``), if any."""
+    try:
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return base if isinstance(base, str) and base else None
+
+
+def _not_found(model: str) -> str:
+    return (f"--model {model!r}: no such folder. glmtune does not download models: pass a local model folder "
+            f"(config.json, weights, tokenizer.model){hub_id_hint(model)}")
+
+
+def hub_id_hint(name: str) -> str:
+    """'; NAME looks like a Hugging Face hub id: download it first (...)' when it does, else ''."""
+    parts = name.split("/")
+    if len(parts) != 2 or not all(parts) or name.startswith((".", "~")):
+        return ""
+    return (f"; {name!r} looks like a Hugging Face hub id: download it first "
+            f"(e.g. `huggingface-cli download {name} --local-dir models/{parts[1]}`)")
 
 
 def _as_chatglm_tool(tool, where: str) -> dict:
@@ -46,11 +122,15 @@ def normalize_tools(tools, where: str = "tools") -> list[dict]:
 
 
 def read_tools(path) -> list[dict]:
+    """Tools from a JSON file; any readable file works, a pipe such as ``--tools <(...)`` included."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise UserError(f"{path}: tools file not found (expected a JSON list of tool definitions)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        "expected a JSON list of tool definitions") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); expected a list of tool definitions") from None
     return normalize_tools(data, str(path))
