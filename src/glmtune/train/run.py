@@ -218,14 +218,18 @@ def _prepare_run(run: _Run):
 
 def _already_done(run: _Run) -> TrainResult | None:
     """A resume of a run that already reached its last step: say so and do nothing."""
-    if run.resume_from is None:
-        return None
-    step = finished(run.cfg, run.resume_from)
-    if step is None:
-        return None
     final = run.out / FINAL_DIR
-    _say(f"the run in {run.out} is complete ({run.resume_from.name}, step {step} of {step}); nothing to do. "
-         "To train further, raise training.max_steps and set training.resume_allow_changes=true", run.quiet)
+    if run.resume_from is None:
+        if run.cfg.training.resume is None or not final.is_dir():
+            return None
+        step, where = 0, f"{FINAL_DIR}/ exists and no checkpoint is left to resume from"  # save_steps 0
+    else:
+        step = finished(run.cfg, run.resume_from)
+        if step is None:
+            return None
+        where = f"{run.resume_from.name} reached the last step, {step}"
+    _say(f"the run in {run.out} is complete ({where}); nothing to do. To train further, raise "
+         "training.max_steps and set training.resume_allow_changes=true", run.quiet)
     return TrainResult(run.out, final if final.is_dir() else None, None, step)
 
 
@@ -266,7 +270,7 @@ def _train(run: _Run, callbacks: list | None) -> TrainResult:
         if stopper.received is None:
             result.final_dir = _save_final(trainer, prepared, tokenizer, out)
             _say(f"saved {cfg.method.name} result to {result.final_dir}", quiet)
-            result.metrics.update(_test_metrics(cfg, trainer, splits, tokenizer, out, stopper))
+            result.metrics.update(_test_metrics(cfg, trainer, splits, tokenizer, out, stopper, quiet))
     finally:
         stopper.uninstall()
     if stopper.received is not None:
@@ -321,12 +325,12 @@ def _last_eval(trainer: GlmTrainer) -> dict:
     return metrics
 
 
-def _test_metrics(cfg: TrainConfig, trainer: GlmTrainer, splits, tokenizer, out: Path, stopper) -> dict:
+def _test_metrics(cfg: TrainConfig, trainer: GlmTrainer, splits, tokenizer, out: Path, stopper, quiet: bool) -> dict:
     if splits.test is None or not cfg.evaluation.generate:
         return {}
     generation = GenerationEval(splits.conversations("test"), tokenizer, out,
                                 eval_settings(cfg, cfg.evaluation.max_test_samples), write=trainer.args.should_save,
-                                should_stop=lambda: stopper.stop_requested, progress=trainer.args.should_save)
+                                should_stop=lambda: stopper.stop_requested, progress=not quiet)
     scores = generation.run(trainer.model, "test")
     return {f"test_{k}": v for k, v in scores.items()}
 
