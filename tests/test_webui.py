@@ -18,16 +18,9 @@ pytest.importorskip("gradio", reason="gradio not installed (pip install 'glmtune
 from glmtune.webui import chat, forms, runs, tasks  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> dict:
-    """A tiny model folder + tokenizer + the bundled self-cognition data, built in-process like the quickstart."""
-    from glmtune.quickstart import make_base_model, make_tokenizer, write_dataset
-
-    out = tmp_path_factory.mktemp("webui")
-    data = write_dataset(out, "Glimmer", "the glmtune team")
-    tok, tok_dir = make_tokenizer(out, data, None)
-    base = make_base_model(out, tok, tok_dir, seed=0)
-    return {"out": out, "data": data, "model": base, "runs": out / "runs"}
+@pytest.fixture()
+def workspace(tiny_workspace) -> dict:
+    return tiny_workspace
 
 
 def tiny_form(ws: dict, name: str, steps: int = 6, **changes) -> forms.TrainForm:

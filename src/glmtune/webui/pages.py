@@ -67,7 +67,7 @@ def _train_form(ctx: AppContext) -> dict:
     c: dict = {}
     with gr.Row():
         c["model_path"] = gr.Textbox(label="model folder", value=ctx.model, scale=3, elem_id="train-model")
-        info = gr.Markdown()
+        info = gr.Markdown(forms.model_summary(ctx.model) if ctx.model else "")
     with gr.Row():
         c["train_file"] = gr.Textbox(label="training data file", value=ctx.data, scale=2, elem_id="train-data")
         c["val_file"] = gr.Textbox(label="validation data file (optional)", scale=2)
@@ -90,9 +90,10 @@ def _train_form(ctx: AppContext) -> dict:
             c["prefix_tokens"] = gr.Number(value=128, precision=0, label="P-Tuning prefix tokens")
             c["freeze_layers"] = gr.Number(value=2, precision=0, label="freeze: trainable last layers")
     with gr.Row():
-        c["max_input_length"] = gr.Number(value=512, precision=0, label="max input length")
-        c["max_output_length"] = gr.Number(value=512, precision=0, label="max output length")
-        c["batch_size"] = gr.Number(value=4, precision=0, label="batch size")
+        c["max_input_length"] = gr.Number(value=512, precision=0, label="max input length", elem_id="train-max-in")
+        c["max_output_length"] = gr.Number(value=512, precision=0, label="max output length",
+                                             elem_id="train-max-out")
+        c["batch_size"] = gr.Number(value=4, precision=0, label="batch size", elem_id="train-batch")
         c["gradient_accumulation_steps"] = gr.Number(value=1, precision=0, label="grad accumulation")
     with gr.Row():
         c["learning_rate"] = gr.Number(value=2e-4, label="learning rate", elem_id="train-lr")
@@ -226,11 +227,11 @@ def eval_page(ctx: AppContext) -> None:
     with gr.Row():
         data = gr.Textbox(label="dataset file", value=ctx.data, scale=3)
         fmt = gr.Dropdown(FORMATS, value="auto", label="format", scale=1)
-        max_samples = gr.Number(value=20, precision=0, label="max samples", scale=1)
-        max_new = gr.Number(value=128, precision=0, label="max new tokens", scale=1)
+        max_samples = gr.Number(value=20, precision=0, label="max samples", scale=1, elem_id="eval-max-samples")
+        max_new = gr.Number(value=128, precision=0, label="max new tokens", scale=1, elem_id="eval-max-new")
         batch = gr.Number(value=8, precision=0, label="batch size", scale=1)
-    run_eval = gr.Button("Evaluate", variant="primary")
-    metrics = gr.JSON(label="metrics")
+    run_eval = gr.Button("Evaluate", variant="primary", elem_id="eval-go")
+    metrics = gr.JSON(label="metrics", elem_id="eval-metrics")
     table = gr.Dataframe(headers=["source", "reference", "prediction", "ROUGE-L"], wrap=True, label="predictions")
 
     @ui_errors

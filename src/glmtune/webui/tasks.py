@@ -76,9 +76,11 @@ def length_histogram(lengths: list[int], cap: int | None):
     fig = Figure(figsize=(7, 3.2), dpi=100)
     ax = fig.add_subplot()
     ax.hist(lengths, bins=min(40, max(5, len(set(lengths)))), color="tab:blue", alpha=0.8)
-    if cap:
+    if cap and cap <= 1.5 * max(lengths):
         ax.axvline(cap, color="tab:red", linestyle="--", label=f"length cap {cap}")
         ax.legend(fontsize=8)
+    elif cap:  # a far-away cap would squash the histogram into its first bins
+        ax.set_title(f"all samples well below the length cap ({cap} tokens)", fontsize=9)
     ax.set_xlabel("tokens per sample (before truncation)")
     ax.set_ylabel("samples")
     ax.grid(alpha=0.3)
