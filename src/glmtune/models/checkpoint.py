@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Mapping
 import torch
 from safetensors.torch import save_file
 
+from ..files import apply_umask
 from .convert import CheckpointError
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -46,6 +47,9 @@ def weight_files(folder: Path) -> list[Path]:
                 raise CheckpointError(f"{index}: no 'weight_map' in the index")
             files = list(dict.fromkeys(weight_map.values()))
             for name in files:
+                if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+                    raise CheckpointError(f"{index}: 'weight_map' lists {json.dumps(name)} as a shard; expected "
+                                          "the name of a weight file inside the model folder")
                 if not (folder / name).is_file():
                     raise CheckpointError(f"{index}: shard {name} is listed but missing from {folder}")
             return [folder / name for name in files]
@@ -179,6 +183,9 @@ def iter_tensors(path: Path, dtype: torch.dtype | None = None) -> Iterator[tuple
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     for name in list(state):
         tensor = state.pop(name)
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {name!r} is a {type(tensor).__name__}, expected tensors under "
+                                  "string names (a state dict)")
         yield name, tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
@@ -233,7 +240,8 @@ def save_sharded(
     """Write ``state`` as safetensors shards plus ``model.safetensors.index.json`` (or one file).
 
     Shards are made and written one at a time (a :class:`LazyTensor` is made
-    only then), so peak memory is the source plus one shard.
+    only then), so peak memory is the source plus one shard. Files get the
+    permissions the umask gives (not safetensors' 0600).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     sizes = {name: _nbytes(value) for name, value in state.items()}
@@ -245,6 +253,7 @@ def save_sharded(
     for file_name, shard in zip(names, shards):
         tensors = {name: _materialize(state[name]) for name in shard}
         save_file(tensors, str(out_dir / file_name), metadata=meta)
+        apply_umask(out_dir / file_name)  # safetensors writes 0600; weights must be as readable as the config
         del tensors
         weight_map.update(dict.fromkeys(shard, file_name))
     if len(shards) > 1:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from ..errors import GlmtuneError
 
+import json
+import math
 import re
 from typing import Iterable, Iterator
 
@@ -27,42 +29,121 @@ _REQUIRED_CHATGLM_OPTIONS = {
     "post_layer_norm": True,
     "apply_residual_connection_post_layernorm": False,
 }
-_CHATGLM_REQUIRED_KEYS = ("padded_vocab_size", "hidden_size", "num_layers", "num_attention_heads", "ffn_hidden_size")
+
+# THUDM's ChatGLMConfig.__init__ defaults (configuration_chatglm.py of chatglm3-6b; GLM-4's are the
+# same): the official code uses these for any key config.json leaves out.
+CHATGLM_DEFAULTS = {
+    "num_layers": 28,
+    "padded_vocab_size": 65024,
+    "hidden_size": 4096,
+    "ffn_hidden_size": 13696,
+    "kv_channels": 128,
+    "num_attention_heads": 32,
+    "seq_length": 2048,
+    "hidden_dropout": 0.0,
+    "attention_dropout": 0.0,
+    "layernorm_epsilon": 1e-5,
+    "rope_ratio": 1,
+    "rmsnorm": True,
+    "apply_residual_connection_post_layernorm": False,
+    "post_layer_norm": True,
+    "add_bias_linear": False,
+    "add_qkv_bias": False,
+    "multi_query_attention": False,
+    "multi_query_group_num": 1,
+}
+
+_POSITIVE_INT = "a positive integer"
+_POSITIVE_NUMBER = "a positive number"
+_PROBABILITY = "a number from 0 to 1"
+_BOOL = "true or false"
+_CHATGLM_VALUE_KINDS = {
+    **{k: _POSITIVE_INT for k in ("num_layers", "padded_vocab_size", "hidden_size", "ffn_hidden_size", "kv_channels",
+                                  "num_attention_heads", "seq_length", "multi_query_group_num")},
+    **{k: _POSITIVE_NUMBER for k in ("layernorm_epsilon", "rope_ratio")},
+    **{k: _PROBABILITY for k in ("hidden_dropout", "attention_dropout")},
+    **{k: _BOOL for k in ("rmsnorm", "apply_residual_connection_post_layernorm", "post_layer_norm",
+                          "add_bias_linear", "add_qkv_bias", "multi_query_attention")},
+}
+# The same checks for a native (transformers GlmConfig) config.json.
+GLM_VALUE_KINDS = {
+    **{k: _POSITIVE_INT for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                  "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")},
+    "rms_norm_eps": _POSITIVE_NUMBER,
+    "attention_dropout": _PROBABILITY,
+    **{k: _BOOL for k in ("attention_bias", "tie_word_embeddings", "multi_query_attention")},
+}
+
+
+def _valid(value, kind: str) -> bool:
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == _POSITIVE_INT:
+        return number and isinstance(value, int) and value > 0
+    if kind == _POSITIVE_NUMBER:
+        return number and value > 0
+    return number and 0 <= value < 1
+
+
+def check_config_values(cfg: dict, kinds: dict[str, str], source: str) -> None:
+    """Refuse a config.json value of the wrong type or range, naming the file, the key and what is expected."""
+    for key, kind in kinds.items():
+        if key in cfg and not _valid(cfg[key], kind):
+            raise CheckpointError(
+                f"{source}: {key} is {json.dumps(cfg[key])}, expected {kind}; fix that value in the file "
+                "(or remove the key to use the official default)"
+            )
+    for key in ("eos_token_id", "pad_token_id"):
+        value = cfg.get(key)
+        ids = value if isinstance(value, list) else [value]
+        if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise CheckpointError(f"{source}: {key} is {json.dumps(value)}, expected a token id or a list of "
+                                  "token ids; fix that value in the file")
 
 
 def chatglm_to_glm_config(cfg: dict, source: str = "config.json") -> GlmConfig:
-    """GlmConfig for a ChatGLM3 ``config.json`` dict; refuses what GLM cannot express."""
+    """GlmConfig for a ChatGLM3 ``config.json`` dict; refuses what GLM cannot express.
+
+    Keys left out take the official ``ChatGLMConfig`` defaults (:data:`CHATGLM_DEFAULTS`).
+    """
+    check_config_values(cfg, _CHATGLM_VALUE_KINDS, source)
+    cfg = {**CHATGLM_DEFAULTS, **cfg}
     for key, needed in _REQUIRED_CHATGLM_OPTIONS.items():
-        if key in cfg and bool(cfg[key]) != needed:
+        if cfg[key] != needed:
             raise CheckpointError(
-                f"{source}: {key}={cfg[key]!r} is not supported (GLM needs {key}={needed}); "
+                f"{source}: {key}={json.dumps(cfg[key])} is not supported (GLM needs {key}={json.dumps(needed)}); "
                 "this is not a ChatGLM2/3 architecture glmtune can load natively"
             )
-    missing = [k for k in _CHATGLM_REQUIRED_KEYS if k not in cfg]
-    if missing:
-        raise CheckpointError(f"{source}: missing ChatGLM config keys {missing}")
-    heads = cfg["num_attention_heads"]
-    head_dim = cfg.get("kv_channels") or cfg["hidden_size"] // heads
-    groups = cfg.get("multi_query_group_num", heads) if cfg.get("multi_query_attention", False) else heads
-    return GlmConfig(
+    heads, multi_query = cfg["num_attention_heads"], cfg["multi_query_attention"]
+    groups = cfg["multi_query_group_num"] if multi_query else heads
+    if heads % groups:
+        raise CheckpointError(f"{source}: num_attention_heads {heads} is not a multiple of multi_query_group_num "
+                              f"{groups}; every key/value group must serve the same number of heads")
+    config = GlmConfig(
         vocab_size=cfg["padded_vocab_size"],
         hidden_size=cfg["hidden_size"],
         intermediate_size=cfg["ffn_hidden_size"],
         num_hidden_layers=cfg["num_layers"],
         num_attention_heads=heads,
         num_key_value_heads=groups,
-        head_dim=head_dim,
-        rms_norm_eps=cfg.get("layernorm_epsilon", 1e-5),
-        attention_bias=bool(cfg.get("add_qkv_bias", True)),
-        max_position_embeddings=cfg.get("seq_length", 8192),
-        rope_theta=10000.0 * float(cfg.get("rope_ratio", 1) or 1),
+        head_dim=cfg["kv_channels"],
+        rms_norm_eps=cfg["layernorm_epsilon"],
+        attention_bias=cfg["add_qkv_bias"],
+        max_position_embeddings=cfg["seq_length"],
+        rope_theta=10000.0 * float(cfg["rope_ratio"]),
         partial_rotary_factor=0.5,
-        attention_dropout=float(cfg.get("attention_dropout", 0.0)),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        attention_dropout=float(cfg["attention_dropout"]),
+        # The official model never ties: ChatGLMForConditionalGeneration has no output embeddings
+        # for transformers to tie, whatever tie_word_embeddings says.
+        tie_word_embeddings=False,
         pad_token_id=cfg.get("pad_token_id", 0) if cfg.get("pad_token_id") is not None else 0,
         eos_token_id=cfg.get("eos_token_id", 2),
         initializer_range=0.02,
     )
+    # How the fused query_key_value orders its rows (see split_qkv); kept for the way back.
+    config.multi_query_attention = multi_query
+    return config
 
 
 def rope_theta(config: GlmConfig) -> float:
@@ -81,7 +162,7 @@ def glm_to_chatglm_config(config: GlmConfig) -> dict:
         "num_layers": config.num_hidden_layers,
         "num_attention_heads": config.num_attention_heads,
         "kv_channels": config.head_dim,
-        "multi_query_attention": config.num_key_value_heads != config.num_attention_heads,
+        "multi_query_attention": is_multi_query(config),
         "multi_query_group_num": config.num_key_value_heads,
         "layernorm_epsilon": config.rms_norm_eps,
         "add_qkv_bias": config.attention_bias,
@@ -122,8 +203,58 @@ _DROPPED = ("transformer.rotary_pos_emb.inv_freq",)
 
 
 def qkv_split_sizes(config: GlmConfig) -> list[int]:
+    """Rows of q, k and v in a fused ``query_key_value`` (in that order only when :func:`is_multi_query`)."""
     d = config.head_dim
     return [config.num_attention_heads * d, config.num_key_value_heads * d, config.num_key_value_heads * d]
+
+
+def is_multi_query(config: GlmConfig) -> bool:
+    """The official ``multi_query_attention`` of a model: how its fused ``query_key_value`` orders rows.
+
+    Recorded by :func:`chatglm_to_glm_config`; for a config without it (a native folder from
+    an older glmtune), key/value heads fewer than query heads mean multi-query.
+    """
+    recorded = getattr(config, "multi_query_attention", None)
+    return bool(recorded) if recorded is not None else config.num_key_value_heads != config.num_attention_heads
+
+
+def split_qkv(fused: torch.Tensor, config: GlmConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v rows of an official fused ``query_key_value`` tensor (weight, bias or LoRA B), split on dim 0.
+
+    As THUDM's ``SelfAttention.forward`` splits its output: with multi-query
+    attention the rows are all q | all k | all v ([heads*d, groups*d, groups*d]);
+    without it they are interleaved per head (viewed as [heads, 3*d]: q, k, v of
+    head 0, then of head 1, ...). :func:`fuse_qkv` is the inverse, bit for bit.
+    """
+    heads, groups, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    sizes = qkv_split_sizes(config)
+    if fused.shape[0] != sum(sizes):
+        raise CheckpointError(f"fused query_key_value has {fused.shape[0]} rows, config implies {sum(sizes)}")
+    if is_multi_query(config):
+        q, k, v = torch.split(fused, sizes, dim=0)
+        return q, k, v
+    _check_interleavable(config)
+    per_head = fused.reshape(heads, 3, d, *fused.shape[1:])
+    q, k, v = (per_head[:, i].reshape(heads * d, *fused.shape[1:]) for i in range(3))
+    return q, k, v
+
+
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: GlmConfig) -> torch.Tensor:
+    """The official fused ``query_key_value`` rows for q, k, v rows (inverse of :func:`split_qkv`)."""
+    if is_multi_query(config):
+        return torch.cat([q, k, v], dim=0)
+    _check_interleavable(config)
+    heads, d = config.num_attention_heads, config.head_dim
+    rest = q.shape[1:]
+    return torch.stack([t.reshape(heads, d, *rest) for t in (q, k, v)], dim=1).reshape(3 * heads * d, *rest)
+
+
+def _check_interleavable(config: GlmConfig) -> None:
+    if config.num_key_value_heads != config.num_attention_heads:
+        raise CheckpointError(
+            f"multi_query_attention is false but the model has {config.num_key_value_heads} key/value heads for "
+            f"{config.num_attention_heads} query heads; without multi-query attention they must be equal"
+        )
 
 
 def chatglm_key_to_glm(name: str, tensor: torch.Tensor, config: GlmConfig) -> Iterator[tuple[str, torch.Tensor]]:
@@ -145,12 +276,11 @@ def chatglm_key_to_glm(name: str, tensor: torch.Tensor, config: GlmConfig) -> It
             return
         qkv = re.fullmatch(r"self_attention\.query_key_value\.(weight|bias)", rest)
         if qkv:
-            sizes = qkv_split_sizes(config)
-            if tensor.shape[0] != sum(sizes):
-                raise CheckpointError(
-                    f"{name}: fused query_key_value has {tensor.shape[0]} rows, config implies {sum(sizes)}"
-                )
-            for proj, part in zip(("q_proj", "k_proj", "v_proj"), torch.split(tensor, sizes, dim=0)):
+            try:
+                parts = split_qkv(tensor, config)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{name}: {exc}") from None
+            for proj, part in zip(("q_proj", "k_proj", "v_proj"), parts):
                 yield f"{prefix}self_attn.{proj}.{qkv.group(1)}", part
             return
     raise CheckpointError(f"unexpected tensor {name!r}: not part of the ChatGLM3 layout")
@@ -193,7 +323,7 @@ def glm_state_dict_to_chatglm(state: dict[str, torch.Tensor], config: GlmConfig)
     """Official ChatGLM3 tensors for a native state dict (q/k/v fused back)."""
     out: dict[str, torch.Tensor] = {}
     for name, parts in chatglm_layout_plan(state).items():
-        out[name] = state[parts[0]] if len(parts) == 1 else torch.cat([state[p] for p in parts], dim=0)
+        out[name] = state[parts[0]] if len(parts) == 1 else fuse_qkv(*(state[p] for p in parts), config)
     return out
 
 

@@ -24,7 +24,10 @@ from .convert import (
     CheckpointError,
     chatglm_key_to_glm,
     chatglm_layout_plan,
+    GLM_VALUE_KINDS,
+    check_config_values,
     chatglm_to_glm_config,
+    fuse_qkv,
     glm_to_chatglm_config,
 )
 from .shapes import SHAPES, shape_config
@@ -65,11 +68,16 @@ def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
     if model_type == "chatglm":
         return "chatglm3", chatglm_to_glm_config(cfg, source=str(config_file))
     if model_type == "glm":
+        check_config_values(cfg, GLM_VALUE_KINDS, str(config_file))
         cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "torch_dtype", "dtype")}
         try:
-            return "native", GlmConfig(**cfg)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{config_file}: invalid GLM config ({exc})") from None
+            config = GlmConfig(**cfg)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{config_file}: invalid GLM config ({type(exc).__name__}: {exc})") from None
+        if config.num_attention_heads % config.num_key_value_heads:
+            raise CheckpointError(f"{config_file}: num_attention_heads {config.num_attention_heads} is not a "
+                                  f"multiple of num_key_value_heads {config.num_key_value_heads}")
+        return "native", config
     raise CheckpointError(
         f"{config_file}: model_type {model_type!r} is not a ChatGLM3 ('chatglm') or GLM ('glm') model; "
         "glmtune loads only the GLM family"
@@ -198,13 +206,14 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor if dtype is None else tensor.to(dtype)
 
 
-def _fused(state: dict[str, torch.Tensor], parts: list[str], dtype: torch.dtype | None) -> torch.Tensor:
+def _fused(state: dict[str, torch.Tensor], parts: list[str], dtype: torch.dtype | None, config: GlmConfig) -> torch.Tensor:
     if len(parts) == 1:
         return _cast(state[parts[0]], dtype)
-    return torch.cat([_cast(state[p], dtype) for p in parts], dim=0)
+    return fuse_qkv(*(_cast(state[p], dtype) for p in parts), config)
 
 
-def _lazy_state(state: dict[str, torch.Tensor], layout: str, dtype: torch.dtype | None) -> dict[str, LazyTensor]:
+def _lazy_state(state: dict[str, torch.Tensor], layout: str, dtype: torch.dtype | None,
+                config: GlmConfig) -> dict[str, LazyTensor]:
     """What to write, by name: each tensor cast (and for chatglm3 fused) only when its shard is written."""
     if layout == "native":
         plan = {name: [name] for name in state}
@@ -215,7 +224,7 @@ def _lazy_state(state: dict[str, torch.Tensor], layout: str, dtype: torch.dtype 
     lazy = {}
     for name, parts in plan.items():
         size = (dtype or state[parts[0]].dtype).itemsize
-        lazy[name] = LazyTensor(sum(state[p].numel() for p in parts) * size, partial(_fused, state, parts, dtype))
+        lazy[name] = LazyTensor(sum(state[p].numel() for p in parts) * size, partial(_fused, state, parts, dtype, config))
     return lazy
 
 
@@ -233,7 +242,7 @@ def save_model(model: GlmForCausalLM, out_dir: str | os.PathLike, *, layout: str
     state = model.state_dict()
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    lazy = _lazy_state(state, layout, target)
+    lazy = _lazy_state(state, layout, target, model.config)
     stored = str(target or next(iter(state.values())).dtype).replace("torch.", "")
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_weight_files(out_dir)
