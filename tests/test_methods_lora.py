@@ -154,20 +154,20 @@ def test_prefix_model_cannot_be_merged():
         merge_adapter(model)
 
 
-def test_lora_prepare_save_and_load_are_quiet_and_record_the_base_path(tmp_path):
+def test_lora_prepare_save_and_load_are_quiet_and_record_the_base_path(tmp_path, chatglm3_dir):
     """No PEFT rename warning or transformers deprecation on every run; the adapter names its base model."""
     import warnings
 
     from glmtune import load_model
     from glmtune.methods import prepare
 
-    need_fixtures()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prepare(load_model(TINY, dtype="fp32"), "lora", {"r": 2}).save(tmp_path / "a")
-        load_model(TINY, dtype="fp32", adapter=tmp_path / "a")
+        prepare(load_model(chatglm3_dir, dtype="fp32"), "lora", {"r": 2}).save(tmp_path / "a")
+        load_model(chatglm3_dir, dtype="fp32", adapter=tmp_path / "a")
         load_model("tiny", dtype="fp32", adapter=tmp_path / "a")  # a named shape has no path: None, quietly
     noisy = [str(w.message) for w in caught if "base_model_name_or_path" in str(w.message)
              or "checkpointing" in str(w.message)]
     assert noisy == []
-    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(TINY)
+    recorded = json.loads((tmp_path / "a" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(chatglm3_dir)

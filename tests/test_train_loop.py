@@ -212,12 +212,9 @@ def test_nonfinite_loss_stops_with_step_and_cause(workdir, tmp_path):
                                   "  lora_dropout: 0.1\n",
                                   "  peft_type: PREFIX_TUNING\n  task_type: CAUSAL_LM\n  num_virtual_tokens: 4\n"],
                          ids=["LORA", "PREFIX_TUNING"])
-def test_official_yaml_runs_unchanged_on_the_fixture_model(tmp_path, peft, monkeypatch):
-    from conftest import TINY, need_fixtures
-
+def test_official_yaml_runs_unchanged_on_the_fixture_model(tmp_path, peft, monkeypatch, chatglm3_dir):
     from glmtune.cli import main
 
-    need_fixtures()
     data = tmp_path / "data"
     data.mkdir()
     rows = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _records(8))
@@ -232,7 +229,7 @@ def test_official_yaml_runs_unchanged_on_the_fixture_model(tmp_path, peft, monke
         "  evaluation_strategy: steps\n  eval_steps: 2\n  predict_with_generate: true\n"
         "  generation_config:\n    max_new_tokens: 4\n  use_cpu: true\npeft_config:\n" + peft)
     monkeypatch.chdir(tmp_path)
-    assert main(["train", str(data), str(TINY), "cfg.yaml", "--quiet"]) == 0
+    assert main(["train", str(data), str(chatglm3_dir), "cfg.yaml", "--quiet"]) == 0
     out = tmp_path / "output"
     assert (out / "checkpoint-2" / "trainer_state.json").is_file() and (out / "final").is_dir()
     metrics = json.loads((out / "test" / "metrics.json").read_text())
@@ -242,7 +239,8 @@ def test_official_yaml_runs_unchanged_on_the_fixture_model(tmp_path, peft, monke
     assert any("eval_loss" in r for r in log) and any("eval_rouge-1" in r for r in log)
     # glmtune eval on the trained result and the same data and settings scores exactly what training did.
     tuned = ["--adapter" if "LORA" in peft else "--prefix", str(out / "final")]
-    assert main(["eval", "--model", str(TINY), *tuned, "--data", str(data / "dev.json"), "--max-new-tokens", "4",
+    assert main(["eval", "--model", str(chatglm3_dir), *tuned, "--data", str(data / "dev.json"),
+                 "--max-new-tokens", "4",
                  "--max-input-length", "16", "--batch-size", "4", "--device", "cpu", "--out", "cli-eval"]) == 0
     cli = json.loads((tmp_path / "cli-eval" / "metrics.json").read_text())
     assert {k: cli[k] for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")} == \
@@ -251,4 +249,4 @@ def test_official_yaml_runs_unchanged_on_the_fixture_model(tmp_path, peft, monke
     cli_rows = [json.loads(x)["prediction"] for x in (tmp_path / "cli-eval" / "predictions.jsonl").read_text().splitlines()]
     assert train_rows == cli_rows
     # The same command with "yes" resumes (nothing left to do) instead of refusing the existing run.
-    assert main(["train", str(data), str(TINY), "cfg.yaml", "yes", "--quiet"]) == 0
+    assert main(["train", str(data), str(chatglm3_dir), "cfg.yaml", "yes", "--quiet"]) == 0
