@@ -33,7 +33,7 @@ def load_dataset(path, fmt: str, columns: str = ""):
     from pathlib import Path
 
     from ..errors import UserError
-    from ..data.cli_support import load_conversations
+    from ..data.process import load_conversations
     from ..data.config import DataConfig
     from .data import _columns  # the one parser of --columns, shared with glmtune data
 
