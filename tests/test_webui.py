@@ -126,6 +126,17 @@ def test_run_from_form_progress_stop_resume_chat_export(workspace, tmp_path):
     assert len(state.session.history) == 2
     assert chat.clear(state) == [] and state.session is None
 
+    # Evaluation scores the result, reporting progress per batch.
+    from glmtune.infer.evaluate import EvalSettings
+
+    seen = []
+    result, rows = tasks.evaluate_file(state.loaded.model, state.loaded.tokenizer, str(workspace["data"]), "auto",
+                                       EvalSettings(batch_size=2, max_new_tokens=4, max_samples=3),
+                                       progress=lambda done, total: seen.append((done, total)))
+    assert set(result.metrics) >= {"rouge-1", "rouge-l", "bleu-4"} and len(rows) == 3
+    assert seen == [(2, 3), (3, 3)]
+    assert rows[0][0].endswith("self_cognition.json:2") and "Glimmer" in rows[0][1]
+
     # Export writes a standalone folder and says where.
     summary = tasks.export(weights, str(tmp_path / "exported"), "native", "")
     assert str((tmp_path / "exported").resolve()) in summary
@@ -174,3 +185,27 @@ def test_auth_from_option_or_environment(monkeypatch):
     assert parse_auth(None) is None
     with pytest.raises(UserError, match="user:password"):
         parse_auth("nopassword")
+
+
+def test_exposure_warnings_and_tools():
+    from glmtune.webui.app import SHARE_WARNING, exposure_warnings
+
+    assert exposure_warnings("127.0.0.1", False, False) == []
+    assert exposure_warnings("127.0.0.1", True, True) == [SHARE_WARNING]
+    assert "public" in SHARE_WARNING and "--auth" in SHARE_WARNING
+    [lan] = exposure_warnings("0.0.0.0", False, False)
+    assert "0.0.0.0" in lan and "--auth" in lan
+    openai = '[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]'
+    assert chat.parse_tools(openai) == [{"name": "get_weather", "parameters": {}}]
+    assert chat.parse_tools("  ") is None
+    with pytest.raises(UserError, match="line 2"):
+        chat.parse_tools('[\n{oops}]')
+
+
+def test_help_does_not_import_gradio():
+    import subprocess
+    import sys
+
+    code = "import sys, glmtune.cli; glmtune.cli.build_parser(); print('gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

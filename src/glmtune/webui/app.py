@@ -88,15 +88,21 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def exposure_warnings(host: str, share: bool, has_login: bool) -> list[str]:
+    """What to tell the user before the UI becomes reachable from other machines."""
+    warnings = [SHARE_WARNING] if share else []
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        warnings.append(f"glmtune webui: listening on {host}: other machines on the network can reach it"
+                        + ("" if has_login else "; consider --auth user:pass"))
+    return warnings
+
+
 def launch(ctx: AppContext, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            auth: str | None = None, block: bool = True):
     """Serve the app; returns it (``block=False`` keeps the server in a background thread, for tests)."""
     login = parse_auth(auth)
-    if share:
-        print(SHARE_WARNING, file=sys.stderr)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"glmtune webui: listening on {host}: other machines on the network can reach it"
-              + ("" if login else "; consider --auth user:pass"), file=sys.stderr)
+    for warning in exposure_warnings(host, share, login is not None):
+        print(warning, file=sys.stderr)
     ctx.runs_root.mkdir(parents=True, exist_ok=True)
     app = build_app(ctx)
     app.queue(default_concurrency_limit=4)
