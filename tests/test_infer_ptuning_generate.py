@@ -125,3 +125,18 @@ class _Collect(BaseStreamer):
 
     def end(self):
         self.ended = True
+
+
+def test_model_in_training_mode_generates_too():
+    # What an evaluation callback does in the middle of training: generate without switching to eval mode.
+    model = prepare(load_model("tiny", dtype="fp32", vocab_size=300, seed=0), "ptuning",
+                    {"num_virtual_tokens": 4, "prefix_dropout": 0.0}).model
+    with torch.no_grad():
+        model.prefix_encoder.embedding.weight.normal_(0, 2.0)
+    ids, mask = _left_pad(_prompts())
+    model.train()
+    in_training = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert model.training
+    model.eval()
+    assert torch.equal(in_training, model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
+                                                   pad_token_id=0))

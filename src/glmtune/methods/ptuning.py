@@ -22,8 +22,8 @@ Calling contract of :class:`PrefixModel` (used by the Trainer, by
   holding prefix + tokens (its ``get_seq_length()`` counts the real tokens
   only); pass it back on the next step with the grown ``attention_mask``.
   ``past_key_values`` is accepted as the older name of ``cache``.
-* In training mode the prefix cache is read-only and never returned, which is
-  what makes gradient checkpointing exact.
+* In training mode with gradients on, the prefix cache is read-only and never
+  returned, which is what makes gradient checkpointing exact.
 * ``labels`` / ``num_items_in_batch``: the loss is GlmForCausalLM's own.
 """
 
@@ -225,7 +225,7 @@ class PrefixModel(nn.Module, GenerationMixin):
         (a ``DynamicCache``); an empty cache of any kind starts a fresh prefix.
         """
         if isinstance(cache, PrefixCache):
-            if self.training and self.is_activation_checkpointing:
+            if self.training and torch.is_grad_enabled() and self.is_activation_checkpointing:
                 raise MethodError("a cache cannot be passed in training with gradient checkpointing")
             return cache
         if cache is not None and cache.get_seq_length() > 0:
@@ -245,7 +245,9 @@ class PrefixModel(nn.Module, GenerationMixin):
         dtype = self.dtype if inputs_embeds is None else inputs_embeds.dtype
         if use_cache is None:
             use_cache = self.config.use_cache
-        grow = bool(use_cache) and not self.training
+        # Training steps (grad enabled) keep the prefix cache read-only; generating in train mode
+        # (under no_grad, as generate runs) grows it like any cache.
+        grow = bool(use_cache) and not (self.training and torch.is_grad_enabled())
         cache = self._start_cache(cache, batch, dtype, grow)
         past = cache.get_seq_length()
         segments = None
