@@ -1,0 +1,185 @@
+"""Layers import one way: every import in src/glmtune, read with ``ast``, points down (or sideways).
+
+The layer order is written once, in LAYERS. Function-local imports count like module-level ones
+(deferring torch is no reason to reach upwards), and so do imports under ``if TYPE_CHECKING``.
+Two rules:
+
+- no module imports a module of a higher layer;
+- no import cycle between modules (even within one layer).
+
+Today's code breaks both in known places, listed in KNOWN_UPWARD and KNOWN_CYCLES so the test
+passes now; the refactor (issue 10) shrinks the lists. An entry that no longer happens fails the
+test too, so the lists stay true: delete it when you fix it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "glmtune"
+
+# Top to bottom; a module may import its own layer and the layers below it. The key is the first
+# name under glmtune ("glmtune" itself is the package's __init__: the public facade, like api).
+LAYERS: list[set[str]] = [
+    {"cli", "__main__", "commands", "quickstart"},  # the command line (quickstart drives it end to end)
+    {"webui"},
+    {"train", "infer", "export", "export_folder"},
+    {"api", "glmtune"},  # the facade: load_model(path, adapter=, prefix=), load_tokenizer
+    {"methods", "config"},
+    {"families", "models", "tokenizer", "tokenizers", "data"},
+    {"errors", "files", "devices", "metrics", "resources"},  # small leaves that import nothing above
+]
+
+# (importer, imported) module pairs that import upwards today. Remove an entry when it is fixed.
+KNOWN_UPWARD: set[tuple[str, str]] = {
+    # load_model(path, adapter=, prefix=) composes methods onto a model: belongs in a facade (api.py).
+    ("glmtune.models.loading", "glmtune.methods.registry"),
+    ("glmtune.models.loading", "glmtune.methods.ptuning"),
+    # `from .. import __version__` loads the facade; a leaf (e.g. glmtune/version.py) would not.
+    ("glmtune.methods.registry", "glmtune"),
+}
+
+# Import cycles today, each as the set of modules that import each other in a circle.
+KNOWN_CYCLES: list[set[str]] = [
+    {"glmtune.methods.lora", "glmtune.methods.adapters"},  # lora reads adapter files; adapters wraps with lora
+    {"glmtune.methods.ptuning", "glmtune.methods.ptuning_io"},  # ptuning re-exports apply_prefix
+    # Closed by the two upward imports above (models.loading -> methods, methods.registry -> glmtune).
+    {"glmtune", "glmtune.models", "glmtune.models.loading", "glmtune.methods.registry", "glmtune.methods.full"},
+    {"glmtune.webui.app", "glmtune.webui.pages"},  # app imports pages to build them; pages import app's context
+]
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    key = parts[1] if len(parts) > 1 else parts[0]
+    for rank, names in enumerate(LAYERS):
+        if key in names:
+            return rank
+    raise AssertionError(f"{module}: not in any layer; add {key!r} to LAYERS in {Path(__file__).name}")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def resolve(name: str) -> str | None:
+    """The glmtune module ``name`` refers to (a submodule, else the package holding the attribute)."""
+    parts = name.split(".")
+    while parts:
+        base = SRC.joinpath(*parts)
+        if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
+            return ".".join(parts)
+        parts = parts[:-1]
+    return None
+
+
+def imports_in(source: str, here: str, is_package: bool = False) -> set[str]:
+    """Every glmtune module the code of module ``here`` imports, anywhere in it (functions included)."""
+    package = here if is_package else here.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            # "from pkg import sub" imports the submodule pkg.sub when there is one, else pkg itself.
+            names = [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            target = resolve(name) if name.split(".")[0] == "glmtune" else None
+            if target and target != here:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {module_name(p): imports_in(p.read_text(encoding="utf-8"), module_name(p), p.name == "__init__.py")
+            for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    # A lower rank is a higher layer.
+    return {(a, b) for a, targets in graph.items() for b in targets if layer_of(b) < layer_of(a)}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_every_module_has_a_layer():
+    for module in import_graph():
+        layer_of(module)
+
+
+def test_no_import_from_a_higher_layer():
+    found = upward_imports(import_graph())
+    new = sorted(found - KNOWN_UPWARD)
+    assert not new, "imports from a higher layer (see LAYERS):\n" + "\n".join(f"  {a} -> {b}" for a, b in new)
+    fixed = sorted(KNOWN_UPWARD - found)
+    assert not fixed, "fixed, remove from KNOWN_UPWARD:\n" + "\n".join(f"  {a} -> {b}" for a, b in fixed)
+
+
+def test_no_import_cycles():
+    found = cycles(import_graph())
+    new = [sorted(c) for c in found if c not in KNOWN_CYCLES]
+    assert not new, "import cycles:\n" + "\n".join(f"  {c}" for c in new)
+    gone = [sorted(c) for c in KNOWN_CYCLES if c not in found]
+    assert not gone, "cycles gone (or changed), update KNOWN_CYCLES:\n" + "\n".join(f"  {c}" for c in gone)
+
+
+def test_the_checker_sees_function_local_and_relative_imports():
+    """The scanner itself, on made-up code: every form of import is found and resolved to a module."""
+    source = (
+        "import torch\n"
+        "from .loading import load_model\n"  # sibling module
+        "from .. import methods\n"  # a subpackage, named from its parent
+        "from .. import __version__\n"  # an attribute of the package: the package itself
+        "def f():\n"
+        "    from ..methods.registry import prepare\n"  # function-local
+        "    import glmtune.cli\n"
+    )
+    assert imports_in(source, "glmtune.models.convert") == {
+        "glmtune.models.loading", "glmtune.methods", "glmtune", "glmtune.methods.registry", "glmtune.cli"}
+    assert imports_in("from . import loading\n", "glmtune.models", is_package=True) == {"glmtune.models.loading"}
+    assert upward_imports({"glmtune.models.convert": {"glmtune.methods", "glmtune.errors"}}) == {
+        ("glmtune.models.convert", "glmtune.methods")}
+    assert cycles({"glmtune.a": {"glmtune.b"}, "glmtune.b": {"glmtune.a"}, "glmtune.c": set()}) == [
+        {"glmtune.a", "glmtune.b"}]
