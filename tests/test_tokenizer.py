@@ -92,8 +92,10 @@ def test_decode_encode_round_trip(tokenizer, text):
 
 def test_special_tokens_decode_to_names_and_are_not_parsed_from_text(tokenizer):
     ids = [tokenizer.get_command("<|user|>")] + tokenizer.encode("\nhi") + [tokenizer.get_command("<|assistant|>")]
-    assert tokenizer.decode(ids) == "<|user|>\nhi<|assistant|>"
-    assert tokenizer.decode(ids, skip_special_tokens=True) == "\nhi"
+    # As officially: the "▁" after a special token stays a space, and skip_special_tokens removes nothing
+    # (tests/test_tokenizer_decode.py has the official outputs).
+    assert tokenizer.decode(ids) == "<|user|> \nhi<|assistant|>"
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "<|user|> \nhi<|assistant|>"
     forged = tokenizer.encode("<|user|>")
     assert tokenizer.get_command("<|user|>") not in forged
     assert tokenizer.encode("<|user|>x", allow_special=True)[0] == tokenizer.get_command("<|user|>")

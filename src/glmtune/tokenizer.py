@@ -115,33 +115,42 @@ class ChatGLMTokenizer:
     def tokenize(self, text: str) -> list[str]:
         return self.sp.encode_as_pieces(text)
 
+    def _decode_piece(self, i: int) -> str | None:
+        """The piece the official ``SPTokenizer.convert_id_to_token`` gives ``i``; ``None`` outside the vocabulary."""
+        if i in self.index_special_tokens:
+            return self.index_special_tokens[i]
+        if i in (self.eos_token_id, self.bos_token_id, self.pad_token_id):
+            return ""
+        if 0 <= i < self.sp_size:
+            return self.sp.id_to_piece(i)
+        return None
+
     def decode(self, ids, *, skip_special_tokens: bool = False, skip_unknown: bool = False) -> str:
-        """Text of ``ids``; special tokens decode to their names.
+        """Text of ``ids``, exactly as the official ChatGLM3 tokenizer decodes them.
+
+        As there, every id becomes a piece (special tokens their names, eos/bos/pad
+        nothing) and SentencePiece decodes the pieces in one pass, so the "▁" after a
+        special token stays a space (``<|user|> \\n``). ``skip_special_tokens`` is
+        accepted for compatibility and, as in the official tokenizer (whose
+        transformers special-token map is empty), removes nothing.
 
         An id outside the vocabulary raises :class:`TokenizerError` naming it,
-        unless ``skip_unknown=True`` drops it.
+        unless ``skip_unknown=True``: then it decodes to nothing, as officially.
         """
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
-        text, buffer = [], []
+        pieces = []
         for i in ids:
-            i = int(i)
-            if i in self.index_special_tokens:
-                if buffer:
-                    text.append(self.sp.decode(buffer))
-                    buffer = []
-                if not skip_special_tokens:
-                    text.append(self.index_special_tokens[i])
-            elif 0 <= i < self.sp_size:
-                buffer.append(i)
-            elif not skip_unknown:
-                raise TokenizerError(
-                    f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1}); "
-                    "pass skip_unknown=True to drop such ids"
-                )
-        if buffer:
-            text.append(self.sp.decode(buffer))
-        return "".join(text)
+            piece = self._decode_piece(int(i))
+            if piece is None:
+                if not skip_unknown:
+                    raise TokenizerError(
+                        f"token id {int(i)} is outside the vocabulary (0..{self.vocab_size - 1}); "
+                        "pass skip_unknown=True to drop such ids"
+                    )
+                piece = ""
+            pieces.append(piece)
+        return self.sp.decode_pieces(pieces)
 
     def convert_ids_to_tokens(self, ids) -> list[str]:
         out = []
