@@ -17,8 +17,11 @@
     test/                  predictions.jsonl and metrics.json on the test set after training
     loss.png, eval_loss.png  loss curves (matplotlib)
     runs/                  TensorBoard event files (when tensorboard is installed)
+    config-resume-N.yaml   the options of a resume from step N that changed them (training.resume_allow_changes)
+    .glmtune-run.json      the entries a run created here (what output.if_exists=overwrite may remove)
+    .glmtune.lock          locked (flock) while a process writes the run
 
-Checkpoints are written to ``.tmp-checkpoint-N`` and renamed only once every
+Checkpoints are written to ``.tmp-save/checkpoint-N`` and renamed only once every
 file is flushed to disk, so a folder named ``checkpoint-N`` is always
 complete; a crash leaves at most a ``.tmp-*`` folder, which resume ignores
 and the next save removes. An existing run is never silently overwritten:

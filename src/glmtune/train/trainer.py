@@ -13,6 +13,13 @@ What the subclass changes, and why:
 * evaluation adds generation metrics (ROUGE/BLEU) to the eval loss;
 * real (non-padding) tokens are counted for the tokens/s figure;
 * the training loss computes logits only where labels are (:mod:`.loss`).
+
+Private ``Trainer`` members this touches, each because upstream offers no public hook for it:
+``_save`` (where ``save_model`` writes weights: the method's files, not the whole model),
+``_load_from_checkpoint`` / ``_load_best_model`` (resume and best-model reload go through the method),
+``_get_output_dir`` (``_save_checkpoint`` writes ``checkpoint-N`` straight into it: pointed at a staging
+folder while saving), ``_save_checkpoint`` (only wrapped: ``super()`` then commit, as trl's
+``SFTTrainer._save_checkpoint`` wraps it), ``_get_learning_rate`` (the rate in the non-finite-loss message).
 """
 
 from __future__ import annotations
