@@ -280,3 +280,11 @@ def test_saved_weights_get_the_umask_permissions_like_the_config(tmp_path, layou
     assert any(f.name.endswith(".safetensors") for f in files) and len(files) > 2  # shards + index + config
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
     assert set(modes.values()) == {0o644}, modes
+
+
+@pytest.mark.parametrize("layers", [10**9, 1])
+def test_layer_count_not_matching_the_weights_is_refused_before_building(tmp_path, layers):
+    """A damaged num_layers is caught from the safetensors headers (10**9 layers would exhaust memory)."""
+    write_official(tmp_path, {**NON_MQA, "num_layers": layers}, official_tensors({**NON_MQA, "multi_query_group_num": 1}))
+    msg = _load_error(tmp_path)
+    assert "config.json" in msg and f"num_layers is {layers}, but the weights hold {LAYERS} layers" in msg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from .checkpoint import (
     iter_tensors,
     read_json,
     remove_weight_files,
+    safetensors_header,
     save_sharded,
     weight_files,
 )
@@ -82,6 +84,26 @@ def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
         f"{config_file}: model_type {model_type!r} is not a ChatGLM3 ('chatglm') or GLM ('glm') model; "
         "glmtune loads only the GLM family"
     )
+
+
+_LAYER_INDEX = {"chatglm3": re.compile(r"^transformer\.encoder\.layers\.(\d+)\."),
+                "native": re.compile(r"^model\.layers\.(\d+)\.")}
+
+
+def check_layer_count(files: list[Path], layout: str, config: GlmConfig) -> None:
+    """Compare the config's layer count with the layers the safetensors headers hold, before building anything.
+
+    A damaged ``num_layers`` (say 10**9) would otherwise exhaust memory building the empty model.
+    ``.bin`` shards have no cheap header; their tensors are checked while loading.
+    """
+    if not all(path.suffix == ".safetensors" for path in files):
+        return
+    layers = {int(m.group(1)) for path in files for name in safetensors_header(path)
+              if (m := _LAYER_INDEX[layout].match(name))}
+    if len(layers) != config.num_hidden_layers:
+        key = "num_layers" if layout == "chatglm3" else "num_hidden_layers"
+        raise CheckpointError(f"{files[0].parent / 'config.json'}: {key} is {config.num_hidden_layers}, but the "
+                              f"weights hold {len(layers)} layers; fix {key} in the file")
 
 
 def empty_model(config: GlmConfig) -> GlmForCausalLM:
@@ -178,6 +200,7 @@ def load_model(
     if folder.is_dir():
         layout, config = read_model_config(folder)
         files = weight_files(folder)
+        check_layer_count(files, layout, config)
         target = resolve_dtype(dtype, device, checkpoint_dtype(files))
         model = empty_model(config)
         load_weights(model, files, layout, target, device)
