@@ -92,6 +92,10 @@ def test_run_from_form_progress_stop_resume_chat_export(workspace, tmp_path):
     assert "loss" in progress.summary()
     with pytest.raises(UserError, match="still running"):
         runs.start_training(run_dir, config)
+    # A run the CLI started (no UI process file) is found running through the run's lock.
+    (run_dir / runs.PROCESS_FILE).rename(run_dir / "process.json.bak")
+    assert runs.running_pid(run_dir) == proc.pid
+    (run_dir / "process.json.bak").rename(run_dir / runs.PROCESS_FILE)
     # Stop = SIGINT: a checkpoint is saved and the plot written, though the run did not finish.
     assert "SIGINT" in runs.stop_training(run_dir)
     assert proc.wait(timeout=120) == 130

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..train.layout import FINAL_DIR, LOG_FILE, checkpoints
+from ..train.layout import FINAL_DIR, LOCK_FILE, LOG_FILE, checkpoints
 from ..train.plots import read_log
 
 CONFIG_NAME = "webui-train.yaml"
@@ -93,23 +93,37 @@ def read_run_config(run_dir: Path) -> dict:
     return {}
 
 
-def running_pid(run_dir: Path) -> int | None:
-    """The pid of this run's training process if it is still alive (started by this or an earlier UI)."""
-    path = run_dir / PROCESS_FILE
-    if not path.is_file():
-        return None
+def _recorded_pids(run_dir: Path) -> list[int]:
+    """Pids that may be training this run: the UI's process file, then the run's lock (the CLI's too)."""
+    pids = []
     try:
-        pid = int(json.loads(path.read_text(encoding="utf-8"))["pid"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    try:  # pids are reused: only a live `glmtune train` process counts as ours
+        pids.append(int(json.loads((run_dir / PROCESS_FILE).read_text(encoding="utf-8"))["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        pids.append(int((run_dir / LOCK_FILE).read_text().strip()))
+    except (OSError, ValueError):
+        pass
+    return pids
+
+
+def running_pid(run_dir: Path) -> int | None:
+    """The pid of the process training this run (from this UI, an earlier one, or the CLI), if alive."""
+    for pid in _recorded_pids(run_dir):
+        if _is_training(pid):
+            return pid
+    return None
+
+
+def _is_training(pid: int) -> bool:
+    try:  # pids are reused: only a live `glmtune train` process counts
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _alive_without_proc(pid)
-    if b"glmtune" not in cmdline or b"train" not in cmdline:
-        return None
+        return _alive_without_proc(pid) is not None
+    if not any(b"glmtune" in part for part in cmdline) or b"train" not in cmdline:
+        return False
     state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    return None if state == "Z" else pid
+    return state != "Z"
 
 
 def _alive_without_proc(pid: int) -> int | None:
@@ -222,6 +236,6 @@ def stop_training(run_dir: Path) -> str:
     """SIGINT to the run's process: it finishes the step, saves a checkpoint and exits."""
     pid = running_pid(Path(run_dir))
     if pid is None:
-        return f"{run_dir}: no training process of this UI is running"
+        return f"{run_dir}: no training process is running for this run"
     os.kill(pid, signal.SIGINT)
     return f"sent SIGINT to pid {pid}: a checkpoint is saved after the current step"
