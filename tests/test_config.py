@@ -31,8 +31,8 @@ def test_official_lora_maps_onto_our_sections():
                       check_files=False)
     assert (cfg.model.path, cfg.data.data_dir, cfg.data.train_file) == ("/models/chatglm3", "/data/adv", "train.json")
     assert (cfg.data.max_input_length, cfg.data.max_output_length, cfg.data.num_workers) == (256, 512, 16)
-    assert cfg.training.learning_rate == 3e-4  # "3e-4" is a string for PyYAML: still a float here
-    assert (cfg.training.max_steps, cfg.training.batch_size, cfg.training.save_steps) == (3000, 4, 2000)
+    assert cfg.training.learning_rate == 5e-5  # "5e-5" is a string for PyYAML: still a float here
+    assert (cfg.training.max_steps, cfg.training.batch_size, cfg.training.save_steps) == (3000, 4, 500)
     assert cfg.training.gradient_checkpointing  # the demo always enables it
     assert (cfg.evaluation.strategy, cfg.evaluation.steps, cfg.evaluation.batch_size) == ("steps", 500, 16)
     assert cfg.evaluation.max_new_tokens == 512 and cfg.evaluation.generate

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CONFIG.yaml [key=value ...], or DATA_DIR MODEL_DIR CONFIG.yaml [yes|N] (official)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summaries")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit (no training)")
+    p.add_argument("--help-config", action="store_true",
+                   help="print every config option with its type, default and help, and exit")
     p.set_defaults(func=run)
 
 
@@ -71,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
 
     import yaml
 
+    if args.help_config:
+        from ..config.doc import describe_config
+
+        print(describe_config(), end="")
+        return 0
     from ..config import config_to_dict, load_config
 
     config, overrides, kwargs = parse_call(list(args.args))

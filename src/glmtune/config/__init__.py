@@ -15,12 +15,15 @@ import yaml
 from .official import convert_official, is_official
 from .parse import ConfigError, Source, apply_overrides, build, read_yaml, to_dict
 from .schema import (
+    METHOD_ALIASES,
+    METHOD_SECTIONS,
     EvaluationConfig,
     MethodConfig,
     ModelConfig,
     OutputConfig,
     TrainConfig,
     TrainingConfig,
+    check_deepspeed,
 )
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "OutputConfig",
     "TrainConfig",
     "TrainingConfig",
+    "check_deepspeed",
     "config_to_dict",
     "load_config",
     "save_config",
@@ -85,6 +89,10 @@ def load_config(
     cfg = build(TrainConfig, data, "", source)
     if check_files:
         check_data_files(cfg, source)
+        try:
+            check_deepspeed(cfg.training.deepspeed)
+        except ConfigError as exc:
+            raise ConfigError(f"{source.where('training.deepspeed')}: {exc}", key=exc.key) from None
     return cfg
 
 
@@ -162,8 +170,6 @@ def missing_model_message(raw: str, folder: Path) -> str:
 
 def _check_method_sections(data: dict, source: Source) -> None:
     """A section of another method than the chosen one is a mistake (its options would do nothing)."""
-    from .schema import METHOD_ALIASES, METHOD_SECTIONS
-
     method = data.get("method")
     if not isinstance(method, dict):
         return
@@ -179,8 +185,6 @@ def _check_method_sections(data: dict, source: Source) -> None:
 
 def _is_default(method: str, values) -> bool:
     """A section equal to the method's defaults (as a resolved config.yaml writes it) sets nothing."""
-    from .schema import MethodConfig
-
     default = getattr(MethodConfig(), method)
     return isinstance(values, dict) and values == to_dict(default)
 

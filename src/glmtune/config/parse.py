@@ -8,10 +8,10 @@ expected and what to do.
 
 from __future__ import annotations
 
-from ..errors import GlmtuneError
-
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,9 +19,20 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ..errors import GlmtuneError
+
 
 class ConfigError(GlmtuneError, ValueError):
-    """The configuration is invalid; the message says where and how to fix it."""
+    """The configuration is invalid; the message says where and how to fix it.
+
+    ``key`` (a dotted option such as ``training.learning_rate``, when one option
+    is to blame) lets :func:`build` point at where that option was given: the
+    file line, or the command-line override.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclasses.dataclass
@@ -31,6 +42,11 @@ class Source:
     name: str = "<config>"
     lines: dict[str, int] = dataclasses.field(default_factory=dict)
     overridden: set[str] = dataclasses.field(default_factory=set)
+
+    def alias(self, path: str, written_as: str) -> None:
+        """``path`` was written in the file as ``written_as`` (an official-format key): errors use its line."""
+        if written_as in self.lines:
+            self.lines[path] = self.lines[written_as]
 
     def where(self, path: str) -> str:
         if path in self.overridden:
@@ -100,9 +116,36 @@ def _deep_copy(data):
     return data
 
 
+# Names users bring from Hugging Face, PEFT and the official demo -> ours (for the closest-name hint only).
+SYNONYMS = {
+    "rank": "r", "lora_r": "r", "lora_rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+    "target_modules": "target", "pre_seq_len": "num_virtual_tokens", "encoder_hidden_size": "prefix_hidden_size",
+    "lr": "learning_rate", "lr_scheduler_type": "lr_scheduler", "scheduler": "lr_scheduler",
+    "epochs": "num_epochs", "num_train_epochs": "num_epochs", "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "batch_size", "eval_steps": "steps", "eval_strategy": "strategy",
+    "evaluation_strategy": "strategy", "predict_with_generate": "generate", "output_dir": "dir",
+    "resume_from_checkpoint": "resume", "num_proc": "num_workers", "model_name_or_path": "path",
+}
+
+
 def closest(name: str, known: list[str]) -> str:
+    """``"did you mean 'x'? "`` for the known name ``name`` most likely meant, or ``""``."""
+    name = str(name)
+    if SYNONYMS.get(name) in known:
+        return f"did you mean {SYNONYMS[name]!r}? "
     match = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     return f"did you mean {match[0]!r}? " if match else ""
+
+
+def unknown_key(where: str | None, key_path: str, known: list[str], what: str = "option",
+                see: str = "") -> ConfigError:
+    """The one unknown-key error: where, the key, the closest known name, and the valid names (or ``see``)."""
+    key = key_path.rsplit(".", 1)[-1]
+    prefix = f"{where}: " if where else ""
+    if see:
+        return ConfigError(f"{prefix}{key_path} is not a {what}; {closest(key, known)}see {see}", key=key_path)
+    return ConfigError(f"{prefix}unknown {what} {key_path!r}; {closest(key, known)}"
+                       f"valid {what}s: {', '.join(known) if known else '(none)'}", key=key_path)
 
 
 def build(cls: type, data: Any, path: str, source: Source):
@@ -120,17 +163,25 @@ def build(cls: type, data: Any, path: str, source: Source):
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise ConfigError(
-                f"{source.where(key_path)}: unknown option {key_path!r}; {closest(str(key), fields)}"
-                f"valid options{' of ' + path if path else ''}: {', '.join(fields)}"
-            )
+            raise unknown_key(source.where(key_path), key_path, fields)
         kwargs[key] = convert(hints[key], value, key_path, source)
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        key = exc.key or _blamed_key(str(exc), path, list(kwargs))
+        raise ConfigError(f"{source.where(key) if key else where}: {exc}", key=key) from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: invalid {path or 'config'}: {exc}") from None
+        key = _blamed_key(str(exc), path, list(kwargs))
+        raise ConfigError(f"{source.where(key) if key else where}: invalid {path or 'config'}: {exc}",
+                          key=key) from None
+
+
+def _blamed_key(message: str, path: str, given: list[str]) -> str | None:
+    """The given option a section's own check names (``lora.r`` / ``training.seed``), to blame its source."""
+    for key in sorted(given, key=len, reverse=True):
+        if re.search(rf"(?<![\w]){re.escape(str(key))}(?![\w])", message):
+            return f"{path}.{key}" if path else str(key)
+    return None
 
 
 def convert(tp, value, path: str, source: Source):
@@ -191,14 +242,12 @@ def _scalar(tp, value, path: str, source: Source):
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # PyYAML reads 3e-4 (no dot) as a string; the official configs write it that way.
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        number = _float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{source.where(path)}: {path} must be a finite number, got {_show(value)}",
+                                  key=path)
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -209,8 +258,20 @@ def _scalar(tp, value, path: str, source: Source):
     raise _type_error(tp, value, path, source)
 
 
+def _float(value) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        # PyYAML reads 3e-4 (no dot) as a string; the official configs write it that way.
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 def _type_error(tp, value, path: str, source: Source) -> ConfigError:
-    return ConfigError(f"{source.where(path)}: {path} must be {_type_name(tp)}, got {_show(value)}")
+    return ConfigError(f"{source.where(path)}: {path} must be {_type_name(tp)}, got {_show(value)}", key=path)
 
 
 def _type_name(tp) -> str:

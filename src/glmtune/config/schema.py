@@ -12,6 +12,7 @@ from typing import Literal
 
 from ..data.config import DataConfig
 from ..methods.options import FreezeOptions, FullOptions, LoraOptions, PrefixOptions
+from .official import check_extra_args
 from .parse import ConfigError
 
 METHODS = ("lora", "ptuning", "freeze", "full")
@@ -28,14 +29,23 @@ SCHEDULERS = (
 class ModelConfig:
     """Which model to fine-tune, and where it runs."""
 
-    path: str = ""
-    """A ChatGLM3 or native GLM model folder, or a named shape (e.g. ``tiny``) for random weights."""
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    """Storage dtype of the frozen weights: auto = the checkpoint's on GPU, fp32 on CPU."""
-    device: str = "auto"
-    """``auto`` (GPU when available), ``cpu``, ``cuda``, ``cuda:1``, ``mps``..."""
-    tokenizer: str = ""
-    """Tokenizer folder or ``tokenizer.model``; empty = the model folder."""
+    path: str = field(
+        default="", metadata={"help": (
+            'A ChatGLM3 or native GLM model folder, or a named shape (e.g. ``tiny``) for random '
+            'weights.'
+        )})
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = field(
+        default="auto", metadata={"help": (
+            "Storage dtype of the frozen weights: auto = the checkpoint's on GPU, fp32 on CPU."
+        )})
+    device: str = field(
+        default="auto", metadata={"help": (
+            '``auto`` (GPU when available), ``cpu``, ``cuda``, ``cuda:1``, ``mps``...'
+        )})
+    tokenizer: str = field(
+        default="", metadata={"help": (
+            'Tokenizer folder or ``tokenizer.model``; empty = the model folder.'
+        )})
 
     def __post_init__(self):
         if not self.path:
@@ -46,16 +56,20 @@ class ModelConfig:
 class MethodConfig:
     """What is trained; only the section of the chosen method may be set."""
 
-    name: str = "lora"
-    """One of lora, ptuning, freeze, full."""
-    lora: LoraOptions = field(default_factory=LoraOptions)
-    """LoRA options (rank, alpha, dropout, targets, rsLoRA, DoRA)."""
-    ptuning: PrefixOptions = field(default_factory=PrefixOptions)
-    """P-Tuning v2 options (num_virtual_tokens / pre_seq_len, prefix_projection)."""
-    freeze: FreezeOptions = field(default_factory=FreezeOptions)
-    """Freeze options (train the last N layers, or modules matched by name)."""
-    full: FullOptions = field(default_factory=FullOptions)
-    """Full fine-tuning options."""
+    name: str = field(default="lora", metadata={"help": 'One of lora, ptuning, freeze, full.'})
+    lora: LoraOptions = field(
+        default_factory=LoraOptions, metadata={"help": (
+            'LoRA options (rank, alpha, dropout, targets, rsLoRA, DoRA).'
+        )})
+    ptuning: PrefixOptions = field(
+        default_factory=PrefixOptions, metadata={"help": (
+            'P-Tuning v2 options (num_virtual_tokens / pre_seq_len, prefix_projection).'
+        )})
+    freeze: FreezeOptions = field(
+        default_factory=FreezeOptions, metadata={"help": (
+            'Freeze options (train the last N layers, or modules matched by name).'
+        )})
+    full: FullOptions = field(default_factory=FullOptions, metadata={"help": 'Full fine-tuning options.'})
 
     def __post_init__(self):
         self.name = METHOD_ALIASES.get(self.name, self.name)
@@ -79,67 +93,114 @@ class MethodConfig:
 class TrainingConfig:
     """The optimisation loop (Hugging Face Trainer underneath)."""
 
-    learning_rate: float = 2e-4
-    """Peak learning rate."""
-    lr_scheduler: str = "cosine"
-    """Schedule after warmup: linear, cosine, constant, constant_with_warmup, polynomial, ..."""
-    warmup_steps: int = 0
-    """Linear warmup steps (exclusive with warmup_ratio)."""
-    warmup_ratio: float = 0.0
-    """Warmup as a fraction of all steps (exclusive with warmup_steps)."""
-    num_epochs: float = 3.0
-    """Passes over the training set (ignored when max_steps > 0)."""
-    max_steps: int = -1
-    """Optimizer steps to run; > 0 overrides num_epochs."""
-    batch_size: int = 4
-    """Sequences (or packed rows) per device per forward pass."""
-    gradient_accumulation_steps: int = 1
-    """Forward passes per optimizer step; the loss is normalised over all their target tokens."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward: much less memory, ~30% slower."""
-    seed: int = 42
-    """Seed for initialisation of trained weights, dropout and data order."""
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    """Compute precision: auto = bf16 where supported, fp16 autocast on fp16-only GPUs, fp32 on CPU."""
-    optim: str = "adamw_torch"
-    """Any Hugging Face optimizer name (adamw_torch, adamw_8bit, adafactor, ...)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    adam_beta1: float = 0.9
-    """AdamW beta1."""
-    adam_beta2: float = 0.999
-    """AdamW beta2."""
-    adam_epsilon: float = 1e-8
-    """AdamW epsilon."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm (0 disables clipping)."""
-    logging_steps: int = 10
-    """Log loss, learning rate and tokens/s every N steps."""
-    save_steps: int = 500
-    """Write a checkpoint every N steps (0 = only the final result)."""
-    save_total_limit: int | None = 3
-    """Keep only the newest K checkpoints (null keeps all)."""
-    resume: bool | int | str | None = None
-    """Resume: ``auto``/``yes``/``latest`` (newest checkpoint), a step number, or a checkpoint folder."""
-    resume_allow_changes: bool = False
-    """Resume even though training options differ from the run's config.yaml (recorded beside it as
-    config-resume-STEP.yaml); without it such a resume is refused, listing the differences."""
-    dataloader_num_workers: int = 0
-    """Worker processes that build batches (0 = in the training process)."""
-    deepspeed: str | None = None
-    """DeepSpeed JSON config path (relative: to the config file's folder; on the command line: to the working
-    directory). ZeRO-3 partitions the weights only once DeepSpeed starts: each rank first loads the whole
-    model into CPU memory (glmtune does not build it partitioned)."""
-    tensorboard: bool = True
-    """Write TensorBoard logs under OUTPUT/runs when tensorboard is installed."""
-    extra_args: dict = field(default_factory=dict)
-    """Other ``transformers.TrainingArguments`` fields, passed through (checked by name against that class,
-    not ``Seq2SeqTrainingArguments``: its generation fields would fail only after the model load)."""
+    learning_rate: float = field(default=2e-4, metadata={"help": 'Peak learning rate.'})
+    lr_scheduler: str = field(
+        default="cosine", metadata={"help": (
+            'Schedule after warmup: linear, cosine, constant, constant_with_warmup, polynomial, ...'
+        )})
+    warmup_steps: int = field(default=0, metadata={"help": 'Linear warmup steps (exclusive with warmup_ratio).'})
+    warmup_ratio: float = field(
+        default=0.0, metadata={"help": (
+            'Warmup as a fraction of all steps (exclusive with warmup_steps).'
+        )})
+    num_epochs: float = field(
+        default=3.0, metadata={"help": (
+            'Passes over the training set (ignored when max_steps > 0).'
+        )})
+    max_steps: int = field(default=-1, metadata={"help": 'Optimizer steps to run; > 0 overrides num_epochs.'})
+    batch_size: int = field(
+        default=4, metadata={"help": (
+            'Sequences (or packed rows) per device per forward pass.'
+        )})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": (
+            'Forward passes per optimizer step; the loss is normalised over all their target tokens.'
+        )})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": (
+            'Recompute activations in backward: much less memory, ~30% slower.'
+        )})
+    seed: int = field(
+        default=42, metadata={"help": (
+            'Seed for initialisation of trained weights, dropout and data order.'
+        )})
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = field(
+        default="auto", metadata={"help": (
+            'Compute precision: auto = bf16 where supported, fp16 autocast on fp16-only GPUs, fp32 on'
+            ' CPU.'
+        )})
+    optim: str = field(
+        default="adamw_torch", metadata={"help": (
+            'Any Hugging Face optimizer name (adamw_torch, adamw_8bit, adafactor, ...).'
+        )})
+    weight_decay: float = field(default=0.0, metadata={"help": 'AdamW weight decay.'})
+    adam_beta1: float = field(default=0.9, metadata={"help": 'AdamW beta1.'})
+    adam_beta2: float = field(default=0.999, metadata={"help": 'AdamW beta2.'})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": 'AdamW epsilon.'})
+    max_grad_norm: float = field(default=1.0, metadata={"help": 'Gradient clipping norm (0 disables clipping).'})
+    logging_steps: int = field(
+        default=10, metadata={"help": (
+            'Log loss, learning rate and tokens/s every N steps.'
+        )})
+    save_steps: int = field(
+        default=500, metadata={"help": (
+            'Write a checkpoint every N steps (0 = only the final result).'
+        )})
+    save_total_limit: int | None = field(
+        default=3, metadata={"help": (
+            'Keep only the newest K checkpoints (null keeps all).'
+        )})
+    resume: bool | int | str | None = field(
+        default=None, metadata={"help": (
+            'Resume: ``auto``/``yes``/``latest`` (newest checkpoint), a step number, or a checkpoint '
+            'folder.'
+        )})
+    resume_allow_changes: bool = field(
+        default=False, metadata={"help": (
+            "Resume even though training options differ from the run's config.yaml (recorded beside "
+            'it as config-resume-STEP.yaml); without it such a resume is refused, listing the '
+            'differences.'
+        )})
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": (
+            'Worker processes that build batches (0 = in the training process).'
+        )})
+    deepspeed: str | None = field(
+        default=None, metadata={"help": (
+            "DeepSpeed JSON config path (relative: to the config file's folder; on the command line: "
+            'to the working directory). ZeRO-3 partitions the weights only once DeepSpeed starts: '
+            'each rank first loads the whole model into CPU memory (glmtune does not build it '
+            'partitioned).'
+        )})
+    tensorboard: bool | None = field(
+        default=None, metadata={"help": (
+            "TensorBoard logs under OUTPUT/runs. null (default): when tensorboard is installed, else "
+            "the run says once that they are off; true: required (the run is refused without "
+            "tensorboard); false: off."
+        )})
+    report_to: list[str] = field(
+        default_factory=list, metadata={"help": (
+            "Other Trainer logging integrations (wandb, mlflow, comet_ml, ...; \"all\" = every installed "
+            "one). Each must be installed: a missing one refuses the run before the model loads."
+        )})
+    extra_args: dict = field(
+        default_factory=dict, metadata={"help": (
+            'Other ``transformers.TrainingArguments`` fields, passed through (checked by name against'
+            ' that class, not ``Seq2SeqTrainingArguments``: its generation fields would fail only '
+            'after the model load).'
+        )})
 
     def __post_init__(self):
         _positive(self, ("learning_rate", "batch_size", "gradient_accumulation_steps", "logging_steps"))
         _non_negative(self, ("warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "save_steps",
-                             "dataloader_num_workers"))
+                             "dataloader_num_workers", "adam_beta1", "adam_beta2"))
+        _positive(self, ("adam_epsilon",))
+        for name in ("adam_beta1", "adam_beta2"):
+            if getattr(self, name) >= 1:
+                raise ConfigError(f"training.{name} must be in [0, 1), got {getattr(self, name)}",
+                                  key=f"training.{name}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"training.seed must be in [0, 2**32), got {self.seed}", key="training.seed")
         if self.lr_scheduler not in SCHEDULERS:
             from .parse import closest
 
@@ -148,7 +209,8 @@ class TrainingConfig:
         if self.warmup_steps and self.warmup_ratio:
             raise ConfigError("set training.warmup_steps or training.warmup_ratio, not both")
         if self.warmup_ratio >= 1:
-            raise ConfigError(f"training.warmup_ratio must be below 1 (a fraction of all steps), got {self.warmup_ratio}")
+            raise ConfigError(f"training.warmup_ratio must be below 1 (a fraction of all steps), got {self.warmup_ratio}",
+                              key="training.warmup_ratio")
         if self.max_steps <= 0 and self.num_epochs <= 0:
             raise ConfigError("set training.max_steps > 0 or training.num_epochs > 0; neither would train anything")
         if self.save_total_limit is not None and self.save_total_limit < 1:
@@ -159,29 +221,40 @@ class TrainingConfig:
             self.resume = str(self.resume)
             if self.resume.lower() in ("", "no", "false", "none"):
                 self.resume = None
-        _check_extra_args(self.extra_args)
+        self.report_to = [name for name in self.report_to if name != "none"]
+        check_extra_args(self.extra_args)
 
 
 @dataclass
 class EvaluationConfig:
     """Evaluation during and after training."""
 
-    strategy: Literal["no", "steps", "epoch"] = "steps"
-    """When to evaluate on the validation set: every ``steps``, every epoch, or never."""
-    steps: int = 500
-    """Evaluate every N optimizer steps (strategy ``steps``)."""
-    batch_size: int | None = None
-    """Batch size for eval loss and generation (default: training.batch_size)."""
-    max_eval_samples: int | None = None
-    """Bound on validation records used for eval loss (null = all)."""
-    generate: bool = True
-    """Also generate answers and score ROUGE-1/2/L and BLEU-4 (as the official demo)."""
-    max_samples: int = 50
-    """Validation records to generate for at each evaluation (the official demo uses 50)."""
-    max_test_samples: int | None = 500
-    """Test records to generate for after training (null = all of them)."""
-    max_new_tokens: int = 512
-    """Token limit of each generated answer."""
+    strategy: Literal["no", "steps", "epoch"] = field(
+        default="steps", metadata={"help": (
+            'When to evaluate on the validation set: every ``steps``, every epoch, or never.'
+        )})
+    steps: int = field(default=500, metadata={"help": 'Evaluate every N optimizer steps (strategy ``steps``).'})
+    batch_size: int | None = field(
+        default=None, metadata={"help": (
+            'Batch size for eval loss and generation (default: training.batch_size).'
+        )})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": (
+            'Bound on validation records used for eval loss (null = all).'
+        )})
+    generate: bool = field(
+        default=True, metadata={"help": (
+            'Also generate answers and score ROUGE-1/2/L and BLEU-4 (as the official demo).'
+        )})
+    max_samples: int = field(
+        default=50, metadata={"help": (
+            'Validation records to generate for at each evaluation (the official demo uses 50).'
+        )})
+    max_test_samples: int | None = field(
+        default=500, metadata={"help": (
+            'Test records to generate for after training (null = all of them).'
+        )})
+    max_new_tokens: int = field(default=512, metadata={"help": 'Token limit of each generated answer.'})
 
     def __post_init__(self):
         _positive(self, ("steps", "max_new_tokens"))
@@ -196,43 +269,51 @@ class EvaluationConfig:
 class OutputConfig:
     """Where results go, and what to do with an existing run there."""
 
-    dir: str = "output"
-    """Run folder (see :mod:`glmtune.train.layout` for what it holds)."""
-    if_exists: Literal["refuse", "resume", "overwrite"] = "refuse"
-    """An existing run in ``dir``: refuse (default), resume from its newest checkpoint, or delete it."""
-    plots: bool = True
-    """Draw loss.png / eval_loss.png at the end of training."""
+    dir: str = field(
+        default="output", metadata={"help": (
+            'Run folder (see :mod:`glmtune.train.layout` for what it holds).'
+        )})
+    if_exists: Literal["refuse", "resume", "overwrite"] = field(
+        default="refuse", metadata={"help": (
+            'An existing run in ``dir``: refuse (default), resume from its newest checkpoint, or '
+            'delete it.'
+        )})
+    plots: bool = field(default=True, metadata={"help": 'Draw loss.png / eval_loss.png at the end of training.'})
 
 
 @dataclass
 class TrainConfig:
     """A complete training run."""
 
-    model: ModelConfig
-    """The base model."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """Data files, format and lengths (see :class:`glmtune.data.DataConfig`)."""
-    method: MethodConfig = field(default_factory=MethodConfig)
-    """What to train."""
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    """The optimisation loop."""
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    """Evaluation during and after training."""
-    output: OutputConfig = field(default_factory=OutputConfig)
-    """Output folder."""
+    model: ModelConfig = field(metadata={"help": 'The base model.'})
+    data: DataConfig = field(
+        default_factory=DataConfig, metadata={"help": (
+            'Data files, format and lengths (see :class:`glmtune.data.DataConfig`).'
+        )})
+    method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": 'What to train.'})
+    training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"help": 'The optimisation loop.'})
+    evaluation: EvaluationConfig = field(
+        default_factory=EvaluationConfig, metadata={"help": (
+            'Evaluation during and after training.'
+        )})
+    output: OutputConfig = field(default_factory=OutputConfig, metadata={"help": 'Output folder.'})
 
     def __post_init__(self):
         if self.training.resume is not None and self.output.if_exists == "overwrite":
             raise ConfigError("training.resume and output.if_exists=overwrite contradict each other; drop one")
-        if self.training.deepspeed and deepspeed_stage(self.training.deepspeed) == 3:
-            # Refused, not half-supported: the model is built whole on every rank (no zero.Init), and the
-            # methods save, resume and evaluate from in-memory parameters that ZeRO-3 would leave as empty
-            # partitions (an adapter of empty tensors); P-Tuning's prefix would not even be gathered.
-            raise ConfigError(
-                f"training.deepspeed {self.training.deepspeed}: DeepSpeed ZeRO-3 (zero_optimization.stage 3) is "
-                "not supported: glmtune loads the whole model on every GPU and saves from unpartitioned weights. "
-                "Use a stage 2 config (ds_zero_2.json: optimizer state and gradients sharded)"
-            )
+
+
+def check_deepspeed(path: str | None) -> None:
+    """Refuse a DeepSpeed config glmtune cannot run (read when files are checked, and again before training)."""
+    if path and deepspeed_stage(path) == 3:
+        # Refused, not half-supported: the model is built whole on every rank (no zero.Init), and the
+        # methods save, resume and evaluate from in-memory parameters that ZeRO-3 would leave as empty
+        # partitions (an adapter of empty tensors); P-Tuning's prefix would not even be gathered.
+        raise ConfigError(
+            f"training.deepspeed {path}: DeepSpeed ZeRO-3 (zero_optimization.stage 3) is "
+            "not supported: glmtune loads the whole model on every GPU and saves from unpartitioned weights. "
+            "Use a stage 2 config (ds_zero_2.json: optimizer state and gradients sharded)", key="training.deepspeed"
+        )
 
 
 def deepspeed_stage(path: str) -> int:
@@ -259,41 +340,16 @@ def deepspeed_stage(path: str) -> int:
 def _positive(obj, names) -> None:
     for name in names:
         if getattr(obj, name) <= 0:
-            raise ConfigError(f"{_section(obj)}.{name} must be > 0, got {getattr(obj, name)}")
+            raise ConfigError(f"{_section(obj)}.{name} must be > 0, got {getattr(obj, name)}",
+                              key=f"{_section(obj)}.{name}")
 
 
 def _non_negative(obj, names) -> None:
     for name in names:
         if getattr(obj, name) < 0:
-            raise ConfigError(f"{_section(obj)}.{name} must be >= 0, got {getattr(obj, name)}")
+            raise ConfigError(f"{_section(obj)}.{name} must be >= 0, got {getattr(obj, name)}",
+                              key=f"{_section(obj)}.{name}")
 
 
 def _section(obj) -> str:
     return {"TrainingConfig": "training", "EvaluationConfig": "evaluation"}.get(type(obj).__name__, "config")
-
-
-def extra_args_fields() -> list[str]:
-    """What ``training.extra_args`` may set: ``transformers.TrainingArguments`` fields (the class we build)."""
-    from transformers import TrainingArguments
-
-    return [f.name for f in fields(TrainingArguments) if f.init]
-
-
-def _check_extra_args(extra: dict) -> None:
-    if not extra:
-        return
-    from .official import TRAINING_ARGS_MAP
-    from .parse import closest
-
-    known = extra_args_fields()
-    for key in ("fsdp", "fsdp_config"):
-        if extra.get(key):
-            # Methods save and evaluate from in-memory parameters, which FSDP shards: refused, not half-supported.
-            raise ConfigError(f"training.extra_args.{key}: FSDP is not supported yet; use torchrun (DDP) or "
-                              "DeepSpeed ZeRO-2 (training.deepspeed)")
-    for key in extra:
-        if key in TRAINING_ARGS_MAP:
-            raise ConfigError(f"training.extra_args.{key} is a glmtune option: set {TRAINING_ARGS_MAP[key]} instead")
-        if key not in known:
-            raise ConfigError(f"training.extra_args.{key} is not a transformers TrainingArguments field; "
-                              f"{closest(key, known)}see `transformers.TrainingArguments`")

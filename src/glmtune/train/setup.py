@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, check_deepspeed
 
 
 @dataclass
@@ -73,10 +73,43 @@ def cast_trainable_to_fp32(model: torch.nn.Module) -> None:
             param.data = param.data.float()
 
 
-def tensorboard_available() -> bool:
-    from transformers.integrations import is_tensorboard_available
+TENSORBOARD_OFF = ("TensorBoard logs are off: tensorboard is not installed (`pip install tensorboard` to get "
+                   "them in OUTPUT/runs; training.tensorboard=false silences this note)")
 
-    return is_tensorboard_available()
+
+def reporting(cfg: TrainConfig) -> tuple[list[str], str | None]:
+    """(Trainer ``report_to`` list, a note for the user or None); a requested integration that is missing fails.
+
+    ``training.tensorboard`` null means "when installed" (the note says when it is not); true and every
+    ``training.report_to`` name are requests, refused before the model loads when they cannot be honoured.
+    """
+    from transformers.integrations.integration_utils import (  # deferred: transformers is heavy
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    t = cfg.training
+    available = get_available_reporting_integrations()
+    wanted = [name for name in t.report_to if name != "all"]
+    for name in wanted:
+        if name not in INTEGRATION_TO_CALLBACK:
+            from ..config.parse import unknown_key
+
+            raise unknown_key("training.report_to", name, sorted(INTEGRATION_TO_CALLBACK), "logging integration")
+    if "all" in t.report_to:
+        wanted += [name for name in available if name not in wanted and name != "tensorboard"]
+    note = None
+    if t.tensorboard or (t.tensorboard is None and "tensorboard" in available):
+        wanted.append("tensorboard")
+    elif t.tensorboard is None:
+        note = TENSORBOARD_OFF
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        option = "training.tensorboard=true" if missing == ["tensorboard"] and t.tensorboard else "training.report_to"
+        raise ConfigError(f"{option} asks for {', '.join(missing)}, but {'it is' if len(missing) == 1 else 'they are'}"
+                          f" not installed: `pip install {' '.join(missing)}`, or remove {'it' if len(missing) == 1 else 'them'}"
+                          f" from {option.split('=')[0]}", key=option.split("=")[0])
+    return list(dict.fromkeys(wanted)), note
 
 
 def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, has_eval: bool):
@@ -89,6 +122,7 @@ def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, 
     from transformers import TrainingArguments
 
     t, e = cfg.training, cfg.evaluation
+    check_deepspeed(t.deepspeed)  # also when the config did not come from a checked file
     strategy = e.strategy if has_eval else "no"
     warmup = t.warmup_steps if t.warmup_steps else t.warmup_ratio  # transformers 5: a float < 1 is a ratio
     kwargs = dict(
@@ -119,7 +153,7 @@ def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, 
         eval_steps=e.steps,
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
-        report_to=["tensorboard"] if t.tensorboard and tensorboard_available() else "none",
+        report_to=reporting(cfg)[0] or "none",
         disable_tqdm=True,  # our own bar shows real tokens/s
         deepspeed=t.deepspeed,
     )
