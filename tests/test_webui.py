@@ -114,6 +114,8 @@ def test_run_from_form_progress_stop_resume_chat_export(workspace, tmp_path):
     assert runs.read_progress(run_dir).step == stopped_at + 2
     assert runs.run_status(run_dir) == "finished"
     assert tasks.run_results(run_dir)[0] == "final"
+    with pytest.raises(UserError, match="already holds a run"):  # a fresh start never reuses a run's folder
+        runs.start_training(run_dir, config)
 
     # Chat with the result: the reply streams (several growing updates) and lands in the history.
     state = chat.ChatState()
@@ -157,6 +159,8 @@ def test_cli_runs_show_up_and_stop_needs_a_live_process(tmp_path):
     progress = runs.read_progress(run_dir)
     assert (progress.step, progress.loss) == (5, 2.5)
     assert "no training process" in runs.stop_training(run_dir)
+    with pytest.raises(UserError, match="no webui-train.yaml or config.yaml"):
+        runs.start_training(run_dir, {}, resume=True)
     # A pid file naming a process that is not a glmtune training (pid reuse) is not "running".
     (run_dir / runs.PROCESS_FILE).write_text(json.dumps({"pid": os.getpid()}))
     assert runs.running_pid(run_dir) is None

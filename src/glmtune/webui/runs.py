@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..train.layout import FINAL_DIR, LOCK_FILE, LOG_FILE, checkpoints
+from ..train.layout import FINAL_DIR, LOCK_FILE, LOG_FILE, checkpoints, has_run
 from ..train.plots import read_log
 
 CONFIG_NAME = "webui-train.yaml"
@@ -202,16 +202,25 @@ def start_training(run_dir: Path, config: dict, *, resume: bool = False,
     """Write ``config`` to the run folder and start ``python -m glmtune train`` on it, detached from the UI.
 
     ``resume`` adds ``training.resume=yes`` (the newest checkpoint) and trains
-    from the YAML already in the folder; ``overrides`` are more ``key=value``
-    arguments. Refused while the run's previous process is still alive.
+    from the YAML already in the folder (the UI's, else the ``config.yaml`` a
+    CLI run saved); ``overrides`` are more ``key=value`` arguments. Refused
+    while the run's process is alive, and a fresh start in a folder that
+    already holds a run.
     """
     run_dir = Path(run_dir)
     pid = running_pid(run_dir)
     if pid is not None:
         raise UserError(f"{run_dir}: a training process (pid {pid}) is still running; stop it first")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / CONFIG_NAME
-    if not resume or not config_path.is_file():
+    if resume:
+        config_path = next((run_dir / n for n in (CONFIG_NAME, "config.yaml") if (run_dir / n).is_file()), None)
+        if config_path is None:
+            raise UserError(f"{run_dir}: no {CONFIG_NAME} or config.yaml to resume from; start a new run instead")
+    else:
+        if has_run(run_dir):
+            raise UserError(f"{run_dir} already holds a run; choose another run name, or select it in the "
+                            "runs list and press Resume")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = run_dir / CONFIG_NAME
         config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     command = [sys.executable, "-m", "glmtune", "train", str(config_path)]
     if resume:
