@@ -23,7 +23,7 @@ def _batch():
 
 @pytest.mark.parametrize("method", ["full", "lora", "ptuning"])
 def test_answer_only_loss_equals_full_loss_and_gradients(method):
-    options = {"ptuning": {"num_virtual_tokens": 4}, "lora": {"dropout": 0.0}}.get(method)  # no dropout noise
+    options = {"ptuning": {"num_virtual_tokens": 4, "prefix_dropout": 0.0}, "lora": {"dropout": 0.0}}.get(method)  # no dropout noise
     model = prepare(glmtune.load_model("tiny", dtype="fp32"), method, options).model
     model.train()
     batch = _batch()
