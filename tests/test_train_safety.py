@@ -264,3 +264,15 @@ def test_tokens_per_second_leaves_out_evaluation_time(workdir, tmp_path, monkeyp
                                                             .splitlines()) if "tokens_per_second" in r}
     # Step 3's interval holds the 2 s evaluation of step 2; a training step takes a few ms.
     assert speed[3] > speed[4] / 3, speed
+
+
+class _InterruptAtEnd(TrainerCallback):
+    def on_train_end(self, args, state, control, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_after_the_last_step_still_saves_the_result(workdir, tmp_path):
+    result = run_training(_cfg(workdir, tmp_path / "out", **{"training.max_steps": 2}), quiet=True,
+                          callbacks=[_InterruptAtEnd()])
+    assert result.interrupted == "SIGINT" and result.global_step == 2
+    assert (result.final_dir / "adapter_model.safetensors").is_file()  # save_steps 0: final/ is the only copy

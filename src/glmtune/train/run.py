@@ -23,7 +23,7 @@ from .layout import (FINAL_DIR, LOG_FILE, TMP_PREFIX, check_overwrite_target, cl
                      lock_output, prepare_output)
 from .plots import plot_losses
 from .resume import check_resume_config, finished
-from .setup import Precision, cast_trainable_to_fp32, resolve_precision, training_arguments, weights_device
+from .setup import Precision, cast_trainable_to_fp32, reporting, resolve_precision, training_arguments, weights_device
 from .trainer import WRITE_ERRORS, GlmTrainer, TrainingError, save_failure, write_json
 
 
@@ -93,10 +93,7 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
     if cfg.training.gradient_checkpointing:
         # Non-reentrant: exact for every method (P-Tuning included) with no input-grad hook needed.
         kwargs = {"use_reentrant": False}
-        if hasattr(prepared.model, "activation_checkpointing_enable"):  # transformers >= 5 name
-            prepared.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            prepared.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        prepared.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     return prepared
 
 
@@ -212,6 +209,8 @@ def _prepare_run(run: _Run):
     from ..methods import format_parameter_counts
     _say(f"{cfg.method.name}: {format_parameter_counts(prepared.model)}", quiet)
     _say(f"device {args.device}, compute {run.precision.compute}, frozen weights {run.precision.storage}", quiet)
+    if reporting(cfg)[1]:  # e.g. TensorBoard off because it is not installed: said once, not silently dropped
+        _say(reporting(cfg)[1], quiet)
     trainer = build_trainer(cfg, prepared, tokenizer, splits, run.precision, out, args)
     return trainer, prepared, tokenizer, splits
 
@@ -267,7 +266,8 @@ def _train(run: _Run, callbacks: list | None) -> TrainResult:
         result = TrainResult(out, None, log.last_loss, trainer.state.global_step,
                              trainable_params=trainable, total_params=total, model=prepared.model.eval())
         result.metrics.update(_last_eval(trainer))
-        if stopper.received is None:
+        # A signal after the last step still gets the result saved (the test evaluation then stops at once).
+        if stopper.received is None or trainer.state.global_step >= trainer.state.max_steps:
             result.final_dir = _save_final(trainer, prepared, tokenizer, out)
             _say(f"saved {cfg.method.name} result to {result.final_dir}", quiet)
             result.metrics.update(_test_metrics(cfg, trainer, splits, tokenizer, out, stopper, quiet))
@@ -275,9 +275,12 @@ def _train(run: _Run, callbacks: list | None) -> TrainResult:
         stopper.uninstall()
     if stopper.received is not None:
         result.interrupted = signal.Signals(stopper.received).name
-        where = f"at step {result.global_step}" if result.final_dir is None else "during the test evaluation"
-        _say(f"stopped by {result.interrupted} {where}; resume with training.resume=yes "
-             f"(official command: add 'yes')", quiet)
+        if result.final_dir is None:
+            _say(f"stopped by {result.interrupted} at step {result.global_step}; resume with training.resume=yes "
+                 f"(official command: add 'yes')", quiet)
+        else:
+            _say(f"stopped by {result.interrupted} after the last step; the result is saved in {result.final_dir} "
+                 "(test predictions skipped: glmtune eval scores it)", quiet)
     if cfg.output.plots and trainer.args.should_save:
         plot_losses(out)
     return result
