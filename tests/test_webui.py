@@ -130,6 +130,9 @@ def test_run_from_form_progress_stop_resume_chat_export(workspace, tmp_path):
     assert final[0] == {"role": "user", "content": "Who are you?"} and final[-1]["role"] == "assistant"
     assert final[-1]["content"] == state.session.last_reply.content
     assert len(state.session.history) == 2
+    model = state.loaded.model
+    chat.load(state, weights, device="cpu", reset=False)  # the eval page shares the model: chat goes on
+    assert state.loaded.model is model and len(state.history) == 2
     assert chat.clear(state) == [] and state.session is None
 
     # Evaluation scores the result, reporting progress per batch.
@@ -217,3 +220,20 @@ def test_help_does_not_import_gradio():
     code = "import sys, glmtune.cli; glmtune.cli.build_parser(); print('gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_watch_redraws_the_curve_only_when_the_log_grows(tmp_path):
+    import gradio as gr
+
+    from glmtune.webui.pages import watch
+
+    log = tmp_path / "trainer_log.jsonl"
+    log.write_text(json.dumps({"step": 1, "loss": 3.0, "learning_rate": 1e-3}) + "\n")
+    status, figure, _, drawn = watch(str(tmp_path), None)
+    assert "step 1" in status and "loss 3.0000" in status and figure is not None
+    again = watch(str(tmp_path), drawn)
+    assert isinstance(again[1], type(gr.skip())) and again[3] == drawn
+    with log.open("a") as f:
+        f.write(json.dumps({"step": 2, "loss": 2.0}) + "\n")
+    status, figure, _, _ = watch(str(tmp_path), drawn)
+    assert "step 2" in status and figure.axes[0].lines[0].get_ydata().tolist() == [3.0, 2.0]

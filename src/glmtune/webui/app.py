@@ -60,8 +60,10 @@ def build_app(ctx: AppContext):
     import gradio as gr  # heavy dependency: only the web UI needs it
 
     from . import pages
+    from .chat import ChatState
 
     with gr.Blocks(title="glmtune") as app:
+        model_state = gr.State(ChatState())  # per browser session; one loaded model shared by Evaluate and Chat
         gr.Markdown(f"# glmtune\nFine-tune ChatGLM3 and the GLM family. Runs folder: `{ctx.runs_root}`")
         with gr.Tabs():
             with gr.Tab("Data", id="data"):
@@ -69,9 +71,9 @@ def build_app(ctx: AppContext):
             with gr.Tab("Train", id="train"):
                 pages.train_page(ctx)
             with gr.Tab("Evaluate", id="evaluate"):
-                pages.eval_page(ctx)
+                pages.eval_page(ctx, model_state)
             with gr.Tab("Chat", id="chat"):
-                pages.chat_page(ctx)
+                pages.chat_page(ctx, model_state)
             with gr.Tab("Export", id="export"):
                 pages.export_page(ctx)
     return app

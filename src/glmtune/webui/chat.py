@@ -34,8 +34,12 @@ class ChatState:
     history: list[dict] = field(default_factory=list)
 
 
-def load(state: ChatState, weights: dict, device: str = "auto") -> str:
-    """Load ``weights`` (model / adapter / prefix paths) unless already loaded; resets the conversation."""
+def load(state: ChatState, weights: dict, device: str = "auto", reset: bool = True) -> str:
+    """Load ``weights`` (model / adapter / prefix paths) unless already loaded.
+
+    The conversation restarts when another model is loaded, or when ``reset``
+    (the chat page's Load button; the eval page shares the model and passes False).
+    """
     from ..infer.loading import load_for_inference
 
     model_path = (weights.get("model") or "").strip()
@@ -46,7 +50,9 @@ def load(state: ChatState, weights: dict, device: str = "auto") -> str:
         model, tok = load_for_inference(model_path, adapter=key[1], prefix=key[2], device=device)
         extra = f" + adapter {key[1]}" if key[1] else f" + prefix {key[2]}" if key[2] else ""
         state.loaded = LoadedModel(key, model, tok, f"{model_path}{extra}")
-    state.session, state.history = None, []
+        reset = True
+    if reset:
+        state.session, state.history = None, []
     return f"loaded {state.loaded.label}"
 
 

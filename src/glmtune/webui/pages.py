@@ -120,8 +120,8 @@ def train_page(ctx: AppContext) -> None:
         show = gr.Button("Show resolved config")
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
     with gr.Accordion("resolved config (YAML)", open=False):
-        yaml_box = gr.Code(language="yaml", label="config", interactive=False)
-        yaml_file = gr.File(label="download")
+        yaml_box = gr.Code(language="yaml", label="config", interactive=False, elem_id="train-yaml")
+        yaml_file = gr.File(label="download", elem_id="train-yaml-file")
     message = gr.Markdown(elem_id="train-message")
     gr.Markdown("## Runs")
     with gr.Row():
@@ -164,8 +164,9 @@ def train_page(ctx: AppContext) -> None:
     refresh.click(lambda root: gr.update(choices=_run_choices(ctx, root)), comps["output_root"], run_list)
     stop.click(ui_errors(lambda run: runs.stop_training(_run(run))), run_list, message)
     resume.click(do_resume, run_list, message)
+    drawn = gr.State(None)  # (run, log size, log mtime) of the plot on screen
     for event in (timer.tick, run_list.change):
-        event(watch, run_list, [status, plot, tail], show_progress="hidden")
+        event(watch, [run_list, drawn], [status, plot, tail, drawn], show_progress="hidden")
 
 
 def _run_choices(ctx: AppContext, root: str | None = None) -> list[str]:
@@ -178,17 +179,22 @@ def _run(run: str | None) -> Path:
     return Path(run)
 
 
-def watch(run: str | None):
-    """Progress line, loss figure and console tail of the selected run (the timer calls this)."""
+def watch(run: str | None, drawn):
+    """Progress line, loss figure and console tail of the selected run (the timer calls this).
+
+    The figure is redrawn only when the log changed (``drawn`` remembers what is on screen).
+    """
     from ..train.layout import LOG_FILE
     from ..train.plots import loss_figure, read_log
 
     if not run or not Path(run).is_dir():
-        return "no run selected", None, ""
+        return "no run selected", None, "", None
     folder = Path(run)
-    progress = runs.read_progress(folder)
-    figure = loss_figure(read_log(folder / LOG_FILE), folder.name)
-    return f"**{folder.name}**: {progress.summary()}", figure, runs.log_tail(folder)
+    log = folder / LOG_FILE
+    stat = log.stat() if log.is_file() else None
+    key = [run, stat.st_size if stat else 0, stat.st_mtime if stat else 0]
+    figure = gr.skip() if key == drawn else loss_figure(read_log(log), folder.name)
+    return f"**{folder.name}**: {runs.read_progress(folder).summary()}", figure, runs.log_tail(folder), key
 
 
 def _model_picker(ctx: AppContext, prefix: str) -> tuple:
@@ -219,10 +225,10 @@ def _weights(model: str, adapter: str, prefix: str) -> dict:
     return {"model": model.strip(), "adapter": adapter.strip() or None, "prefix": prefix.strip() or None}
 
 
-def eval_page(ctx: AppContext) -> None:
+def eval_page(ctx: AppContext, state) -> None:
+    """``state``: the chat page's model state too, so one model is in memory for both pages."""
     from ..infer.evaluate import EvalSettings
 
-    state = gr.State(chat_state.ChatState())
     model, adapter, prefix = _model_picker(ctx, "eval")
     with gr.Row():
         data = gr.Textbox(label="dataset file", value=ctx.data, scale=3)
@@ -236,7 +242,7 @@ def eval_page(ctx: AppContext) -> None:
 
     @ui_errors
     def do_eval(st, m, a, p, path, fmt_value, n, new_tokens, batch_size, progress=gr.Progress()):
-        chat_state.load(st, _weights(m, a, p))
+        chat_state.load(st, _weights(m, a, p), reset=False)
         settings = EvalSettings(batch_size=int(batch_size), max_new_tokens=int(new_tokens),
                                 max_samples=int(n) if n else None)
         progress(0, desc="generating")
@@ -249,10 +255,9 @@ def eval_page(ctx: AppContext) -> None:
                    [metrics, table])
 
 
-def chat_page(ctx: AppContext) -> None:
+def chat_page(ctx: AppContext, state) -> None:
     from ..infer.sampling import SamplingConfig
 
-    state = gr.State(chat_state.ChatState())
     model, adapter, prefix = _model_picker(ctx, "chat")
     with gr.Row():
         load = gr.Button("Load", variant="primary", elem_id="chat-load")

@@ -88,7 +88,10 @@ def read_run_config(run_dir: Path) -> dict:
     for name in ("config.yaml", CONFIG_NAME):
         path = run_dir / name
         if path.is_file():
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                return {}  # being rewritten, or not ours to judge: progress shows what the log says
             return data if isinstance(data, dict) else {}
     return {}
 
