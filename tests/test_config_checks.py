@@ -161,3 +161,15 @@ def test_config_package_has_no_import_circles():
 
     circles = [name for name in graph if reaches(name, name)]
     assert circles == []
+
+
+def test_help_config_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\nfrom glmtune.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n    status = main(['train', '--help-config'])\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)\n"
+            "print(status, len(out.getvalue().splitlines()) > 100, heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "0 True []", result.stderr
