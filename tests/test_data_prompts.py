@@ -100,12 +100,11 @@ def test_a_first_turn_is_not_refused_for_having_nothing_to_learn(tmp_path, token
     assert got[2] == build_prompt([Message("user", "a"), Message("assistant", "b"), Message("user", "c")], tokenizer)
 
 
-def test_a_prompt_needs_something_to_reply_to(tmp_path, capsys):
-    need_fixtures()
+def test_a_prompt_needs_something_to_reply_to(tmp_path, capsys, chatglm3_dir):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"conversations": [{"role": "system", "content": "s"},
                                                   {"role": "assistant", "content": "x"}]}) + "\n")
-    assert main(["data", "encode", str(path), "--model", str(TINY), "--for-generation"]) == 1
+    assert main(["data", "encode", str(path), "--model", str(chatglm3_dir), "--for-generation"]) == 1
     assert f"{path}:1: [chatglm3] nothing to reply to" in capsys.readouterr().err
 
 

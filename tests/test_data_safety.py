@@ -136,12 +136,9 @@ def test_an_identical_file_elsewhere_gets_its_own_report(tmp_path, tokenizer):
     assert json.dumps(reports[1].to_dict()).count(str(first)) == 0
 
 
-def test_data_check_names_records_dropped_for_length(tmp_path, capsys):
-    from conftest import TINY, need_fixtures
-
-    need_fixtures()
+def test_data_check_names_records_dropped_for_length(tmp_path, capsys, chatglm3_dir):
     path = _lines(tmp_path / "d.jsonl", [_chat("hi", "ok"), _chat("x " * 300, "y")])
-    assert main(["data", "check", str(path), "--model", str(TINY), "--max-input-length", "20",
+    assert main(["data", "check", str(path), "--model", str(chatglm3_dir), "--max-input-length", "20",
                  "--max-output-length", "20"]) == 0
     captured = capsys.readouterr()
     assert f"{path}:2: warning: dropped (no_labels_after_truncation)" in captured.err

@@ -9,7 +9,6 @@ import stat
 import pytest
 import torch
 
-from conftest import TINY, need_fixtures
 from glmtune import cli, load_model, save_model
 from glmtune.export import export_model
 
@@ -34,15 +33,14 @@ def lora(tmp_path):
     return tmp_path / "lora"
 
 
-def test_force_replaces_only_a_previous_exports_files(tmp_path, capsys):
-    need_fixtures()
+def test_force_replaces_only_a_previous_exports_files(tmp_path, capsys, chatglm3_dir):
     out = tmp_path / "out"
     out.mkdir()
     mine = {"pytorch_model.bin": b"the user's own weights", "notes.md": b"keep",
             "model-00001-of-00007.safetensors": b"another tool's shard"}
     for name, data in mine.items():
         (out / name).write_bytes(data)
-    args = ["export", "--model", str(TINY), "--out", str(out), "--force"]
+    args = ["export", "--model", str(chatglm3_dir), "--out", str(out), "--force"]
     assert cli.main([*args, "--max-shard-size", "3MB"]) == 0
     manifest = json.loads((out / "glmtune_export.json").read_text())
     shards = [n for n in manifest["files"] if n.startswith("model-")]
@@ -58,16 +56,15 @@ def test_force_replaces_only_a_previous_exports_files(tmp_path, capsys):
     ids = torch.tensor([[64790, 64792, 64795, 30910, 13, 36474, 54591]])
     with torch.no_grad():
         assert torch.equal(load_model(out, dtype="fp32")(input_ids=ids).logits,
-                           load_model(TINY, dtype="fp32")(input_ids=ids).logits)
+                           load_model(chatglm3_dir, dtype="fp32")(input_ids=ids).logits)
 
 
-def test_force_never_overwrites_a_file_it_did_not_write(tmp_path, capsys):
-    need_fixtures()
+def test_force_never_overwrites_a_file_it_did_not_write(tmp_path, capsys, chatglm3_dir):
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text("{\"mine\": true}")
     before = listing(out)
-    err = cli_error(capsys, "--model", str(TINY), "--out", str(out), "--force")
+    err = cli_error(capsys, "--model", str(chatglm3_dir), "--out", str(out), "--force")
     assert "config.json" in err and "not written by a glmtune export" in err
     assert listing(out) == before and (out / "config.json").read_text() == "{\"mine\": true}"
 
@@ -101,11 +98,10 @@ def test_exported_files_get_umask_permissions_and_user_files_keep_theirs(tmp_pat
     assert stat.S_IMODE((out / "private.txt").stat().st_mode) == 0o600
 
 
-def test_merged_weights_get_umask_permissions(tmp_path):
-    need_fixtures()
+def test_merged_weights_get_umask_permissions(tmp_path, chatglm3_dir):
     previous = os.umask(0o027)
     try:
-        out = export_model(TINY, tmp_path / "out", max_shard_bytes=3_000_000).out_dir
+        out = export_model(chatglm3_dir, tmp_path / "out", max_shard_bytes=3_000_000).out_dir
     finally:
         os.umask(previous)
     weights = list(out.glob("*.safetensors"))
