@@ -14,7 +14,6 @@ import json
 
 import pytest
 
-from conftest import TINY
 from glmtune.cli import main
 from glmtune.data.chat_format import encode_chat, tool_call_body
 from glmtune.data.convert import convert_record
@@ -92,12 +91,12 @@ DIFFERS = {
 
 
 @pytest.mark.parametrize("kind", sorted(DIFFERS))
-def test_deliberate_differences_are_reported_for_the_record(tmp_path, tokenizer, capsys, kind):
+def test_deliberate_differences_are_reported_for_the_record(tmp_path, tokenizer, capsys, kind, chatglm3_dir):
     item = DIFFERS[kind]
     assert _ours(item, tokenizer) != _official(item, tokenizer)  # a real difference, so it must be reported
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"conversations": [USER, ANSWER]}) + "\n" + json.dumps(item, ensure_ascii=False) + "\n")
-    assert main(["data", "check", str(path), "--model", str(TINY), "--json"]) == 0
+    assert main(["data", "check", str(path), "--model", str(chatglm3_dir), "--json"]) == 0
     captured = capsys.readouterr()
     lines = [ln for ln in captured.err.splitlines() if "warning:" in ln]
     assert len(lines) == 1 and lines[0].startswith(f"{path}:2: warning: [chatglm3] ") and "official demo" in lines[0]

@@ -32,11 +32,11 @@ def _segments(ids: list[int]) -> list[list[int]]:
     return segments
 
 
-def _encode_prompts(tmp_path, records: list[dict]) -> list[list[int]]:
+def _encode_prompts(tmp_path, records: list[dict], model=TINY) -> list[list[int]]:
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    assert main(["data", "encode", str(path), "--model", str(TINY), "--for-generation", "-o", str(out)]) == 0
+    assert main(["data", "encode", str(path), "--model", str(model), "--for-generation", "-o", str(out)]) == 0
     return [json.loads(x)["input_ids"] for x in out.read_text().splitlines()]
 
 
@@ -87,14 +87,14 @@ def test_encode_for_generation_gives_the_official_prompts(tmp_path):
         assert ids == want, name
 
 
-def test_a_first_turn_is_not_refused_for_having_nothing_to_learn(tmp_path, tokenizer):
+def test_a_first_turn_is_not_refused_for_having_nothing_to_learn(tmp_path, tokenizer, chatglm3_dir):
     tools = [{"name": "get_weather", "parameters": {}}]
     records = [{"conversations": [{"role": "user", "content": "你好"}]},
                {"tools": tools, "conversations": [{"role": "user", "content": "北京天气"}]},
                {"conversations": [{"role": "user", "content": "a"},
                                   {"role": "assistant", "content": "b", "loss": False},
                                   {"role": "user", "content": "c"}]}]
-    got = _encode_prompts(tmp_path, records)
+    got = _encode_prompts(tmp_path, records, model=chatglm3_dir)  # whose tokenizer is `tokenizer`
     assert got[0] == build_prompt([Message("user", "你好")], tokenizer)
     assert got[1] == build_prompt(Conversation([Message("user", "北京天气")], tools=tools), tokenizer)
     assert got[2] == build_prompt([Message("user", "a"), Message("assistant", "b"), Message("user", "c")], tokenizer)
@@ -119,9 +119,10 @@ def test_a_trailing_tool_call_stays_in_the_prompt(tokenizer, trailing):
         messages.append(Message("observation", "42"))
     kept = prompt_history(Conversation(messages)).messages
     assert kept == messages
-    want = tokenizer.prefix_ids() + [64795] + tokenizer.encode("\n") + tokenizer.encode("q") + [ASSISTANT] \
+    user, assistant, observation = (tokenizer.role_id(r) for r in ("user", "assistant", "observation"))
+    want = tokenizer.prefix_ids() + [user] + tokenizer.encode("\n") + tokenizer.encode("q") + [assistant] \
         + tokenizer.encode("\n") + tokenizer.encode("let me look") \
-        + [ASSISTANT] + tokenizer.encode("f\n") + tokenizer.encode(tool_call_body({"x": 1}))
+        + [assistant] + tokenizer.encode("f\n") + tokenizer.encode(tool_call_body({"x": 1}))
     if trailing == "observation":
-        want += [64797] + tokenizer.encode("\n") + tokenizer.encode("42")
-    assert build_prompt(Conversation(kept), tokenizer) == want + [ASSISTANT]
+        want += [observation] + tokenizer.encode("\n") + tokenizer.encode("42")
+    assert build_prompt(Conversation(kept), tokenizer) == want + [assistant]

@@ -59,14 +59,12 @@ def test_100k_deep_json_is_a_located_problem(tmp_path, suffix):
     assert len(problems) == 1 and problems[0].line == 2 and "nested too deeply" in problems[0].problem
 
 
-def test_duplicate_keys_are_a_warning_naming_file_line_and_key(tmp_path, tokenizer, capsys):
-    from conftest import TINY
-
+def test_duplicate_keys_are_a_warning_naming_file_line_and_key(tmp_path, tokenizer, capsys, chatglm3_dir):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(_chat("a", "b")) + "\n"
                     + '{"conversations": [{"role": "user", "content": "x", "content": "y"}, '
                       '{"role": "assistant", "content": "z"}]}\n')
-    assert main(["data", "check", str(path), "--model", str(TINY)]) == 0
+    assert main(["data", "check", str(path), "--model", str(chatglm3_dir)]) == 0
     err = capsys.readouterr().err
     assert f"{path}:2: warning: duplicate key 'content'" in err
 
@@ -107,16 +105,14 @@ def test_parquet_tool_calls_with_different_parameters_give_the_jsonl_ids(tmp_pat
 
 # -- outputs and reports ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["same", "symlink", "relative"])
-def test_encode_refuses_to_write_over_its_input(tmp_path, capsys, monkeypatch, how):
-    from conftest import TINY
-
+def test_encode_refuses_to_write_over_its_input(tmp_path, capsys, monkeypatch, how, chatglm3_dir):
     path = _lines(tmp_path / "d.jsonl", [_chat("a", "b")])
     before = path.read_bytes()
     out = {"same": str(path), "symlink": str(tmp_path / "link.jsonl"), "relative": "./d.jsonl"}[how]
     if how == "symlink":
         (tmp_path / "link.jsonl").symlink_to(path)
     monkeypatch.chdir(tmp_path)
-    assert main(["data", "encode", str(path), "--model", str(TINY), "-o", out]) == 2
+    assert main(["data", "encode", str(path), "--model", str(chatglm3_dir), "-o", out]) == 2
     assert "would overwrite your data" in capsys.readouterr().err
     assert path.read_bytes() == before
 
