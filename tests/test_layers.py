@@ -2,6 +2,8 @@
 
 The layer order is written once, in LAYERS. Function-local imports count like module-level ones
 (deferring torch is no reason to reach upwards), and so do imports under ``if TYPE_CHECKING``.
+Imports by computed name (``importlib.import_module``) are not seen: keep those to the package's lazy
+``__init__``.
 Two rules:
 
 - no module imports a module of a higher layer;
@@ -45,8 +47,8 @@ KNOWN_UPWARD: set[tuple[str, str]] = {
 KNOWN_CYCLES: list[set[str]] = [
     {"glmtune.methods.lora", "glmtune.methods.adapters"},  # lora reads adapter files; adapters wraps with lora
     {"glmtune.methods.ptuning", "glmtune.methods.ptuning_io"},  # ptuning re-exports apply_prefix
-    # Closed by the two upward imports above (models.loading -> methods, methods.registry -> glmtune).
-    {"glmtune", "glmtune.models", "glmtune.models.loading", "glmtune.methods.registry", "glmtune.methods.full"},
+    # Closed by the upward import models.loading -> methods (methods.full saves with glmtune.models).
+    {"glmtune.models", "glmtune.models.loading", "glmtune.methods.registry", "glmtune.methods.full"},
     {"glmtune.webui.app", "glmtune.webui.pages"},  # app imports pages to build them; pages import app's context
 ]
 
