@@ -49,7 +49,8 @@ def data_page(ctx: AppContext) -> None:
     def do_check(paths, model_path, fmt_value, max_input, max_output):
         result = tasks.check_data(_paths(paths), model_path, tasks.data_config(fmt_value, max_input, max_output))
         cap = (int(max_input) + int(max_output) + 1) if max_input and max_output else None
-        return result.summary, result.problems or [["-", "no problems"]], tasks.length_histogram(result.full_lengths, cap)
+        histogram = tasks.length_histogram(result.full_lengths, cap)
+        return result.summary, result.problems or [["-", "no problems"]], histogram
 
     @ui_errors
     def do_preview(paths, model_path, fmt_value, max_input, max_output, record):

@@ -100,7 +100,8 @@ def preview_record(path: str, tokenizer_path: str, cfg: DataConfig, index: int) 
     if not convs:
         raise UserError(f"{files[0]}: no valid record to preview ({len(problems)} invalid; run the data check)")
     if not 0 <= int(index) < len(convs):
-        raise UserError(f"record {index}: out of range; {files[0]} has {len(convs)} valid records (0..{len(convs) - 1})")
+        raise UserError(f"record {index}: out of range; {files[0]} has {len(convs)} valid records "
+                        f"(0..{len(convs) - 1})")
     conv = convs[int(index)]
     sample = encode_sample(conv, tok, cfg)
     rows = []
