@@ -173,3 +173,15 @@ def test_help_config_imports_neither_torch_nor_transformers():
             "print(status, len(out.getvalue().splitlines()) > 100, heavy)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "0 True []", result.stderr
+
+
+def test_method_options_use_the_same_closest_name_checker():
+    from glmtune.methods import LoraOptions, MethodError
+    from glmtune.methods.options import options_from_dict
+
+    # One hint table for config files, overrides and method option dicts (lora_rank was unknown to the old one).
+    with pytest.raises(MethodError, match=r"'lora_rank' \(did you mean 'r'\?\)"):
+        options_from_dict(LoraOptions, {"lora_rank": 4}, "lora")
+    with pytest.raises(ConfigError, match="did you mean 'r'"):
+        load_config({"model": {"path": "tiny"}, "data": {"train_file": "t"}}, ["method.lora.lora_rank=4"],
+                    check_files=False)

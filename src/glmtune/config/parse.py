@@ -9,7 +9,6 @@ expected and what to do.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import types
@@ -19,7 +18,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from ..errors import GlmtuneError
+from ..errors import GlmtuneError, closest  # noqa: F401  (closest: one hint for every checker)
 
 
 class ConfigError(GlmtuneError, ValueError):
@@ -114,27 +113,6 @@ def _deep_copy(data):
     if isinstance(data, list):
         return [_deep_copy(v) for v in data]
     return data
-
-
-# Names users bring from Hugging Face, PEFT and the official demo -> ours (for the closest-name hint only).
-SYNONYMS = {
-    "rank": "r", "lora_r": "r", "lora_rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
-    "target_modules": "target", "pre_seq_len": "num_virtual_tokens", "encoder_hidden_size": "prefix_hidden_size",
-    "lr": "learning_rate", "lr_scheduler_type": "lr_scheduler", "scheduler": "lr_scheduler",
-    "epochs": "num_epochs", "num_train_epochs": "num_epochs", "per_device_train_batch_size": "batch_size",
-    "per_device_eval_batch_size": "batch_size", "eval_steps": "steps", "eval_strategy": "strategy",
-    "evaluation_strategy": "strategy", "predict_with_generate": "generate", "output_dir": "dir",
-    "resume_from_checkpoint": "resume", "num_proc": "num_workers", "model_name_or_path": "path",
-}
-
-
-def closest(name: str, known: list[str]) -> str:
-    """``"did you mean 'x'? "`` for the known name ``name`` most likely meant, or ``""``."""
-    name = str(name)
-    if SYNONYMS.get(name) in known:
-        return f"did you mean {SYNONYMS[name]!r}? "
-    match = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    return f"did you mean {match[0]!r}? " if match else ""
 
 
 def unknown_key(where: str | None, key_path: str, known: list[str], what: str = "option",
