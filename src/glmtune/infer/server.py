@@ -188,8 +188,12 @@ class Handler(BaseHTTPRequestHandler):
     def _client_gone(self) -> bool:
         """Whether the client closed its connection (readable with no data left means EOF)."""
         try:
+            if hasattr(socket, "MSG_DONTWAIT"):  # no select(): it fails on descriptors above 1024
+                return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
             readable, _, _ = select.select([self.connection], [], [], 0)
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False  # nothing to read: still connected
         except (OSError, ValueError):
             return True
 
