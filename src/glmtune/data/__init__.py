@@ -5,12 +5,23 @@ format in :mod:`glmtune.data.chat_format`, collators in :mod:`glmtune.data.colla
 """
 
 from .chat_format import build_prompt, encode_base, encode_chat, parse_reply, render_tool_call
-from .collate import PackedCollator, PackedDataset, PaddedCollator, make_collator, pack, training_dataset
 from .config import DataConfig
 from .errors import DataError, DataProblems, Problem
 from .messages import Conversation, Message, ToolCall
 from .pipeline import Splits, prepare_splits
 from .report import DataReport, SplitReport
+
+# collate imports torch: loaded on first use (PEP 562), so the config layer and `--help-config` stay light.
+_COLLATE = ("PackedCollator", "PackedDataset", "PaddedCollator", "make_collator", "pack", "training_dataset")
+
+
+def __getattr__(name: str):
+    if name in _COLLATE:
+        from . import collate
+
+        return getattr(collate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Conversation", "DataConfig", "DataError", "DataProblems", "DataReport", "Message", "PackedCollator",

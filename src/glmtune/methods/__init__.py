@@ -53,27 +53,41 @@ contract (attention mask over real tokens only, :class:`PrefixCache`) is in
 :mod:`glmtune.methods.ptuning`.
 """
 
-from .adapters import apply_adapter, merge_adapter
 from .errors import MethodError
 from .options import FreezeOptions, FullOptions, LoraOptions, PrefixOptions
-from .prefix_cache import PrefixCache
-from .ptuning import PrefixEncoder, PrefixModel
-from .ptuning_io import apply_prefix
-from .registry import (
-    METHOD_FILE,
-    METHODS,
-    Method,
-    Prepared,
-    detect_method,
-    format_parameter_counts,
-    get_method,
-    load_state,
-    load_trained,
-    make_options,
-    prepare,
-    state_to_save,
-    trainable_parameter_counts,
-)
+
+# The rest loads on first use (PEP 562): those modules import torch/transformers, and the option types above
+# are all that the config layer and `glmtune train --help-config` need.
+_LAZY = {
+    "apply_adapter": "adapters",
+    "merge_adapter": "adapters",
+    "PrefixCache": "prefix_cache",
+    "PrefixEncoder": "ptuning",
+    "PrefixModel": "ptuning",
+    "apply_prefix": "ptuning_io",
+    "METHOD_FILE": "registry",
+    "METHODS": "registry",
+    "Method": "registry",
+    "Prepared": "registry",
+    "detect_method": "registry",
+    "format_parameter_counts": "registry",
+    "get_method": "registry",
+    "load_state": "registry",
+    "load_trained": "registry",
+    "make_options": "registry",
+    "prepare": "registry",
+    "state_to_save": "registry",
+    "trainable_parameter_counts": "registry",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "METHODS", "METHOD_FILE", "FreezeOptions", "FullOptions", "LoraOptions", "Method", "MethodError",

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import closest
 from .errors import MethodError
 
 # Named LoRA target sets on the native GLM module names.
@@ -137,22 +138,15 @@ class FullOptions:
     """Full fine-tuning: every parameter trains. No options; the dataclass keeps the API uniform."""
 
 
-# Names users bring from PEFT / the official demo, pointed at ours in the error message.
-_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
-            "target_modules": "target", "pre_seq_len": "num_virtual_tokens"}
-
-
 def options_from_dict(options_type: type, values: dict[str, Any], method: str) -> Any:
     """Build ``options_type`` from a plain dict; unknown keys are an error listing the valid ones."""
     known = [f.name for f in dataclasses.fields(options_type)]
     unknown = [k for k in values if k not in known]
     if unknown:
-        import difflib
-
         hints = []
-        for key in unknown:
-            close = [_ALIASES[key]] if _ALIASES.get(key) in known else difflib.get_close_matches(key, known, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for key in unknown:  # the one closest-name hint (glmtune.errors.closest), as the config checker gives
+            hint = closest(key, known).strip()
+            hints.append(f"{key!r}" + (f" ({hint})" if hint else ""))
         raise MethodError(
             f"unknown option(s) for method {method!r}: {', '.join(hints)}; "
             f"valid options: {', '.join(known) if known else '(none)'}"

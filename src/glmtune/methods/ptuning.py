@@ -102,10 +102,8 @@ def prefix_mask(mask: torch.Tensor, query_length: int, prefix_length: int, dtype
 
 
 def is_checkpointing(model: nn.Module) -> bool:
-    """Whether activation checkpointing is on, by the new name where transformers has it (>= 5)."""
-    if hasattr(type(model), "is_activation_checkpointing"):
-        return model.is_activation_checkpointing
-    return model.is_gradient_checkpointing  # transformers < 5
+    """Whether activation checkpointing is on (transformers' current name; the floor in pyproject has it)."""
+    return model.is_activation_checkpointing
 
 
 class PrefixModel(nn.Module, GenerationMixin):
@@ -181,21 +179,14 @@ class PrefixModel(nn.Module, GenerationMixin):
             )
         kwargs["use_reentrant"] = False
         glm = find_glm(self.base_model)
-        if hasattr(glm, "_activation_checkpointing_enable"):
-            glm._activation_checkpointing_enable(kwargs, every_n_layers, offload)
-        else:  # transformers < 5 has only the gradient_checkpointing_* names (every layer, no offload)
-            glm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        glm._activation_checkpointing_enable(kwargs, every_n_layers, offload)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, every_n_layers: int = 1,
                                       offload: bool = False) -> None:
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, every_n_layers, offload)
 
     def activation_checkpointing_disable(self) -> None:
-        glm = find_glm(self.base_model)
-        if hasattr(glm, "activation_checkpointing_disable"):
-            glm.activation_checkpointing_disable()
-        else:  # transformers < 5
-            glm.gradient_checkpointing_disable()
+        find_glm(self.base_model).activation_checkpointing_disable()
 
     gradient_checkpointing_disable = activation_checkpointing_disable
 
