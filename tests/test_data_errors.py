@@ -8,7 +8,7 @@ import pytest
 
 from glmtune.cli import main
 from glmtune.data import DataConfig, DataError, prepare_splits
-from glmtune.data.cli_support import load_conversations
+from glmtune.data.process import load_conversations
 
 GOOD = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 BAD_LINES = [  # (line text, kind, words the message must contain)

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 from glmtune.data import DataConfig, prepare_splits
 from glmtune.data.chat_format import encode_chat
-from glmtune.data.cli_support import load_conversations
+from glmtune.data.process import load_conversations
 
 DATA = ROOT / "examples" / "data"
 FILES = ["chatglm3_tools.jsonl", "openai_tools.jsonl", "sharegpt.json", "alpaca_zh.json", "base_context_target.jsonl"]

@@ -9,7 +9,7 @@ import pytest
 
 from glmtune.data import DataConfig, prepare_splits
 from glmtune.data.chat_format import encode_chat
-from glmtune.data.cli_support import load_conversations
+from glmtune.data.process import load_conversations
 from glmtune.data.convert import convert_record, detect_format
 from glmtune.data.messages import Conversation, Message, ToolCall
 

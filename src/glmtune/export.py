@@ -54,7 +54,6 @@ OFFICIAL_TOKENIZER_CONFIG = {
 # THUDM's ChatGLMTokenizer defines these as read-only properties: a tokenizer_config.json
 # (or special_tokens_map.json) that sets them makes it fail with "property ... has no setter".
 _TOKENIZER_PROPERTIES = ("eos_token", "pad_token", "unk_token")
-PTUNING_ADVICE = PTUNING_MERGE_ADVICE
 
 
 @dataclass

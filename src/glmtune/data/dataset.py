@@ -62,10 +62,6 @@ class EncodedDataset:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.offsets[-1])
-
     def save(self, folder: Path) -> None:
         for name, arr in zip(FILES, (self.input_ids, self.labels, self.offsets)):
             np.save(folder / name, arr)

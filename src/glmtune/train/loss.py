@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from ..data.chat_format import IGNORE_INDEX
 
 
 def shifted_targets(labels: torch.Tensor) -> torch.Tensor:

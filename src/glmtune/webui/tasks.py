@@ -90,7 +90,7 @@ def length_histogram(lengths: list[int], cap: int | None):
 
 def preview_record(path: str, tokenizer_path: str, cfg: DataConfig, index: int) -> tuple[str, list[list]]:
     """``glmtune data preview`` for record ``index`` (0-based): a header line and (position, token, id, label) rows."""
-    from ..data.cli_support import load_conversations
+    from ..data.process import load_conversations
     from ..data.encode import encode_sample
     from ..tokenizer import load_tokenizer
 
@@ -140,7 +140,7 @@ def run_results(run_dir: Path) -> list[str]:
 def evaluate_file(model, tok, data_path: str, fmt: str, settings,
                   progress: Callable[[int, int], None] | None = None):
     """``glmtune eval`` on a loaded model: (metrics, prediction rows). ``progress(done, total)`` per batch."""
-    from ..data.cli_support import load_conversations
+    from ..data.process import load_conversations
     from ..infer.evaluate import build_samples, evaluate
 
     files = _files([data_path])
