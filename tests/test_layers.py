@@ -49,7 +49,6 @@ KNOWN_CYCLES: list[set[str]] = [
     {"glmtune.methods.ptuning", "glmtune.methods.ptuning_io"},  # ptuning re-exports apply_prefix
     # Closed by the upward import models.loading -> methods (methods.full saves with glmtune.models).
     {"glmtune.models", "glmtune.models.loading", "glmtune.methods.registry", "glmtune.methods.full"},
-    {"glmtune.webui.app", "glmtune.webui.pages"},  # app imports pages to build them; pages import app's context
 ]
 
 

@@ -1,58 +1,24 @@
 """The Gradio app: five pages laid out over the callbacks in :mod:`.pages`, and its launch.
 
+``AppContext`` and ``ui_errors`` live in :mod:`.context` (re-exported here), so the pages import
+them without importing this module back.
+
 Gradio is imported here only (and this module only by ``glmtune webui``):
 it is a heavy dependency that the rest of glmtune never needs.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-from ..errors import GlmtuneError, UserError
+from ..errors import UserError
+from .context import AppContext, ui_errors
 
 AUTH_ENV = "GLMTUNE_WEBUI_AUTH"
 SHARE_WARNING = ("glmtune webui: WARNING: --share publishes this UI on a public gradio.live address; anyone "
                  "with the link can read your data, run training on this machine and write files where it "
                  "can. Use --auth user:pass, and stop the UI when you are done.")
-
-
-@dataclass
-class AppContext:
-    """What the UI starts from: where runs live, and default paths for the forms."""
-
-    runs_root: Path
-    model: str = ""
-    data: str = ""
-
-
-def ui_errors(fn):
-    """Show a glmtune error (bad input) as a Gradio error message instead of a traceback."""
-    import gradio as gr  # heavy dependency: only the web UI needs it
-
-    def convert(exc: BaseException):
-        return gr.Error(str(exc), print_exception=False)
-
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def gen_wrapper(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except (GlmtuneError, FileNotFoundError, ValueError) as exc:
-                raise convert(exc) from None
-        return gen_wrapper
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (GlmtuneError, FileNotFoundError, ValueError) as exc:
-            raise convert(exc) from None
-    return wrapper
 
 
 def build_app(ctx: AppContext):
@@ -111,3 +77,6 @@ def launch(ctx: AppContext, *, host: str = "127.0.0.1", port: int = 7860, share:
     app.launch(server_name=host, server_port=port, share=share, auth=login, prevent_thread_lock=not block,
                inbrowser=False, quiet=not block, allowed_paths=[str(ctx.runs_root.resolve())])
     return app
+
+
+__all__ = ["AppContext", "build_app", "exposure_warnings", "launch", "parse_auth", "ui_errors"]

@@ -1,6 +1,6 @@
 """The five pages' components and their wiring; each callback is a thin call into a plain function.
 
-Every callback goes through :func:`.app.ui_errors`, so bad input shows the
+Every callback goes through :func:`.context.ui_errors`, so bad input shows the
 same one-line message the CLI prints, in the page.
 """
 
@@ -14,7 +14,7 @@ import gradio as gr  # this module is imported only by app.build_app (the web UI
 from ..errors import UserError
 from . import chat as chat_state
 from . import forms, runs, tasks
-from .app import AppContext, ui_errors
+from .context import AppContext, ui_errors
 
 FORMATS = ["auto", "chatglm3", "alpaca", "base", "openai", "sharegpt", "columns"]
 
