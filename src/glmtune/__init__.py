@@ -1,6 +1,6 @@
 """glmtune: fine-tune ChatGLM3 and the GLM family natively (no remote code)."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Loaded on first use (PEP 562): models and the tokenizer import torch, which `glmtune --help`, `--version`
 # and `glmtune train --help-config` must not pay for.

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..version import __version__
 from .errors import MethodError
 from .freeze import WEIGHTS_FILE, load_freeze_state, prepare_freeze, save_trained_tensors
 from .full import load_full_state, prepare_full, save_full
@@ -102,8 +103,6 @@ def prepare(model: nn.Module, method_name: str, options: Any = None) -> Prepared
 
 
 def write_method_file(out: Path, method: str, options: Any) -> Path:
-    from .. import __version__
-
     data = {"method": method, "options": options_to_dict(options), "glmtune_version": __version__}
     path = out / METHOD_FILE
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
