@@ -39,13 +39,11 @@ LAYERS: list[set[str]] = [
 KNOWN_UPWARD: set[tuple[str, str]] = {
     # load_model(path, adapter=, prefix=) composes methods onto a model: belongs in a facade (api.py).
     ("glmtune.models.loading", "glmtune.methods.registry"),
-    ("glmtune.models.loading", "glmtune.methods.ptuning"),
+    ("glmtune.models.loading", "glmtune.methods.ptuning_io"),
 }
 
 # Import cycles today, each as the set of modules that import each other in a circle.
 KNOWN_CYCLES: list[set[str]] = [
-    {"glmtune.methods.lora", "glmtune.methods.adapters"},  # lora reads adapter files; adapters wraps with lora
-    {"glmtune.methods.ptuning", "glmtune.methods.ptuning_io"},  # ptuning re-exports apply_prefix
     # Closed by the upward import models.loading -> methods (methods.full saves with glmtune.models).
     {"glmtune.models", "glmtune.models.loading", "glmtune.methods.registry", "glmtune.methods.full"},
 ]

@@ -1,4 +1,6 @@
-"""Applying saved LoRA adapters (glmtune/PEFT or official ChatGLM3 ones) and merging them.
+"""Applying saved LoRA adapters (glmtune/PEFT or official ChatGLM3 ones), resuming and merging them.
+
+:mod:`.lora` prepares and saves; this module reads what was saved (it imports lora, never the reverse).
 
 Official ChatGLM3 adapters target the fused ``query_key_value``; they are
 converted exactly: ``lora_A`` is copied to each of q/k/v (they share the input)
@@ -22,6 +24,7 @@ from torch import nn
 from ..models.checkpoint import iter_tensors
 from ..models.convert import CheckpointError, fuse_qkv, qkv_split_sizes, split_qkv
 from .errors import MethodError
+from .lora import base_name, wrap_peft
 from .options import OFFICIAL_MODULE_NAMES
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -146,9 +149,7 @@ def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, *, base_path
     ``base_path_override`` is only recorded in the PEFT config (for a later
     ``save_pretrained``); the adapter's own ``base_model_name_or_path`` is ignored.
     """
-    from peft import set_peft_model_state_dict
-
-    from .lora import base_name, wrap_peft
+    from peft import set_peft_model_state_dict  # heavy dependency: only loading an adapter needs PEFT
 
     folder = Path(adapter_dir)
     if not folder.is_dir():
@@ -171,6 +172,19 @@ def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, *, base_path
     peft_model.requires_grad_(False)
     peft_model.eval()
     return peft_model
+
+
+def load_lora_state(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Resume: copy a saved adapter into an already prepared PEFT model, in place."""
+    from peft import set_peft_model_state_dict  # heavy dependency: only loading an adapter needs PEFT
+
+    path = adapter_weights_file(Path(folder))
+    state = read_adapter_state(path)
+    result = set_peft_model_state_dict(model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise MethodError(f"{path}: does not match the prepared LoRA model "
+                          f"(unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")
 
 
 def merge_adapter(model: nn.Module):

@@ -86,18 +86,3 @@ def save_lora(model: nn.Module, out_dir: str | os.PathLike) -> list[Path]:
     # path's config.json, which for a ChatGLM3 folder has no vocab_size, and save the whole lm_head.
     model.save_pretrained(str(out), safe_serialization=True, save_embedding_layers=False)
     return [out / "adapter_config.json", out / "adapter_model.safetensors"]
-
-
-def load_lora_state(model: nn.Module, folder: str | os.PathLike) -> None:
-    """Resume: copy a saved adapter into an already prepared PEFT model, in place."""
-    from peft import set_peft_model_state_dict
-
-    from .adapters import adapter_weights_file, read_adapter_state
-
-    path = adapter_weights_file(Path(folder))
-    state = read_adapter_state(path)
-    result = set_peft_model_state_dict(model, state)
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if result.unexpected_keys or missing:
-        raise MethodError(f"{path}: does not match the prepared LoRA model "
-                          f"(unexpected {result.unexpected_keys[:3]}, missing {missing[:3]})")

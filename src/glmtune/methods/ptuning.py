@@ -259,10 +259,3 @@ class PrefixModel(nn.Module, GenerationMixin):
                               use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
         out.cache = cache if grow else None
         return out
-
-
-def apply_prefix(model: nn.Module, prefix_dir) -> PrefixModel:
-    """``model`` wrapped with the saved P-Tuning v2 prefix in ``prefix_dir`` (see :mod:`.ptuning_io`)."""
-    from .ptuning_io import apply_prefix as _apply
-
-    return _apply(model, prefix_dir)

@@ -15,7 +15,8 @@ from ..version import __version__
 from .errors import MethodError
 from .freeze import WEIGHTS_FILE, load_freeze_state, prepare_freeze, save_trained_tensors
 from .full import load_full_state, prepare_full, save_full
-from .lora import load_lora_state, prepare_lora, save_lora
+from .adapters import load_lora_state
+from .lora import prepare_lora, save_lora
 from .options import FreezeOptions, FullOptions, LoraOptions, PrefixOptions, options_from_dict, options_to_dict
 from .ptuning import PrefixModel
 from .ptuning_io import PREFIX_FILE, load_prefix_state, save_prefix

@@ -219,7 +219,7 @@ def load_model(
 
         model = load_trained(model, adapter)
     if prefix is not None:
-        from ..methods.ptuning import apply_prefix
+        from ..methods.ptuning_io import apply_prefix
 
         model = apply_prefix(model, prefix)
     return model
