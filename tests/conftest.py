@@ -143,7 +143,7 @@ def greedy_ids(model, input_ids, steps: int = 16):
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         generated.append(token)
         mask = torch.cat([mask, torch.ones_like(token)], dim=-1)
-        out = model(input_ids=token, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+        out = model(input_ids=token, attention_mask=mask, cache=out.cache, use_cache=True)
     return torch.cat(generated, dim=-1)
 
 
