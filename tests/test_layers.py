@@ -4,14 +4,10 @@ The layer order is written once, in LAYERS. Function-local imports count like mo
 (deferring torch is no reason to reach upwards), and so do imports under ``if TYPE_CHECKING``.
 Imports by computed name (``importlib.import_module``) are not seen: keep those to the package's lazy
 ``__init__``.
-Two rules:
+Two rules, with no exceptions:
 
 - no module imports a module of a higher layer;
 - no import cycle between modules (even within one layer).
-
-Today's code breaks both in known places, listed in KNOWN_UPWARD and KNOWN_CYCLES so the test
-passes now; the refactor (issue 10) shrinks the lists. An entry that no longer happens fails the
-test too, so the lists stay true: delete it when you fix it.
 """
 
 from __future__ import annotations
@@ -33,19 +29,6 @@ LAYERS: list[set[str]] = [
     {"methods", "config"},
     {"families", "models", "tokenizer", "tokenizers", "data"},
     {"errors", "files", "devices", "metrics", "resources", "version"},  # small leaves that import nothing above
-]
-
-# (importer, imported) module pairs that import upwards today. Remove an entry when it is fixed.
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    # load_model(path, adapter=, prefix=) composes methods onto a model: belongs in a facade (api.py).
-    ("glmtune.models.loading", "glmtune.methods.registry"),
-    ("glmtune.models.loading", "glmtune.methods.ptuning_io"),
-}
-
-# Import cycles today, each as the set of modules that import each other in a circle.
-KNOWN_CYCLES: list[set[str]] = [
-    # Closed by the upward import models.loading -> methods (methods.full saves with glmtune.models).
-    {"glmtune.models", "glmtune.models.loading", "glmtune.methods.registry", "glmtune.methods.full"},
 ]
 
 
@@ -148,19 +131,13 @@ def test_every_module_has_a_layer():
 
 
 def test_no_import_from_a_higher_layer():
-    found = upward_imports(import_graph())
-    new = sorted(found - KNOWN_UPWARD)
-    assert not new, "imports from a higher layer (see LAYERS):\n" + "\n".join(f"  {a} -> {b}" for a, b in new)
-    fixed = sorted(KNOWN_UPWARD - found)
-    assert not fixed, "fixed, remove from KNOWN_UPWARD:\n" + "\n".join(f"  {a} -> {b}" for a, b in fixed)
+    found = sorted(upward_imports(import_graph()))
+    assert not found, "imports from a higher layer (see LAYERS):\n" + "\n".join(f"  {a} -> {b}" for a, b in found)
 
 
 def test_no_import_cycles():
-    found = cycles(import_graph())
-    new = [sorted(c) for c in found if c not in KNOWN_CYCLES]
-    assert not new, "import cycles:\n" + "\n".join(f"  {c}" for c in new)
-    gone = [sorted(c) for c in KNOWN_CYCLES if c not in found]
-    assert not gone, "cycles gone (or changed), update KNOWN_CYCLES:\n" + "\n".join(f"  {c}" for c in gone)
+    found = [sorted(c) for c in cycles(import_graph())]
+    assert not found, "import cycles:\n" + "\n".join(f"  {c}" for c in found)
 
 
 def test_the_checker_sees_function_local_and_relative_imports():

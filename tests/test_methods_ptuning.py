@@ -200,3 +200,31 @@ def test_batched_cached_decoding_matches_full_forward():
                      past_key_values=out.past_key_values, use_cache=True).logits[:, -1]
         full = model(input_ids=torch.cat([ids, token], -1), attention_mask=step_mask).logits[:, -1]
     assert (step - full).abs().max() <= 1e-5
+
+
+def test_official_ptuning_checkpoint_folder_is_base_and_prefix(tmp_path, chatglm3_dir):
+    """A folder with base weights + prefix encoder (pre_seq_len in config.json) loads as base, and as --prefix."""
+    import warnings
+
+    from glmtune.export import export_model
+    from glmtune.infer.loading import load_for_inference
+
+    prepared = prepare(load_model(chatglm3_dir, dtype="fp32"), "ptuning", {"num_virtual_tokens": 4})
+    with torch.no_grad():
+        for _, param in prepared.trainable_parameters():
+            param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
+    prepared.save(tmp_path / "pt")
+    ckpt = export_model(chatglm3_dir, tmp_path / "ckpt", adapter=tmp_path / "pt", layout="chatglm3",
+                        dtype="fp32").out_dir
+    ids = torch.tensor([[5, 17, 42, 99, 256, 511, 7, 1000]])
+    with torch.no_grad():
+        base = load_model(chatglm3_dir, dtype="fp32")(input_ids=ids).logits
+        tuned = load_model(chatglm3_dir, dtype="fp32", prefix=tmp_path / "pt")(input_ids=ids).logits
+        with pytest.warns(UserWarning, match=r"holds a P-Tuning v2 prefix \(pre_seq_len 4.*--prefix .*ckpt"):
+            plain = load_model(ckpt, dtype="fp32")
+        assert torch.equal(plain(input_ids=ids).logits, base)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # given the prefix, nothing to say
+            model, _ = load_for_inference(ckpt, prefix=ckpt, dtype="fp32", device="cpu")
+        assert (tuned - base).abs().max() > 1e-3
+        assert torch.equal(model(input_ids=ids).logits, tuned)

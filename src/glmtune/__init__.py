@@ -4,7 +4,7 @@ from .version import __version__
 
 # Loaded on first use (PEP 562): models and the tokenizer import torch, which `glmtune --help`, `--version`
 # and `glmtune train --help-config` must not pay for.
-_LAZY = {"CheckpointError": "models", "load_model": "models", "save_model": "models",
+_LAZY = {"CheckpointError": "models", "load_model": "api", "save_model": "models",
          "ChatGLMTokenizer": "tokenizer", "load_tokenizer": "tokenizer"}
 
 

@@ -142,7 +142,7 @@ def train_config(opts: QuickstartOptions, base: Path, data_file: Path) -> dict:
 def scripted_chat(model_dir: Path, adapter: Path | None, tok_dir: Path) -> list[tuple[str, str]]:
     from .infer.chat import ChatSession
     from .infer.sampling import SamplingConfig
-    from .models import load_model
+    from .api import load_model
     from .tokenizer import load_tokenizer
 
     model = load_model(model_dir, adapter=adapter)

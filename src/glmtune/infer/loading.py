@@ -14,7 +14,7 @@ def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None,
     ``model_path`` may also be a fine-tuning result (see :func:`resolve_model_args`).
     """
     from ..devices import resolve_device
-    from ..models import load_model
+    from ..api import load_model
     from ..tokenizer import find_tokenizer, load_tokenizer
 
     if adapter and prefix:

@@ -25,11 +25,11 @@ from torch import nn
 
 from ..models.checkpoint import INDEX_FILES, iter_tensors, safetensors_header, weight_files
 from ..models.convert import CheckpointError
+from ..models.loading import PREFIX_ENCODER_KEYS as OFFICIAL_PREFIX
 from .errors import MethodError
 from .options import PrefixOptions
 from .ptuning import PrefixModel, find_glm, kv_size
 
-OFFICIAL_PREFIX = "transformer.prefix_encoder."
 PREFIX_FILE = "prefix_encoder.safetensors"
 _PREFIX_FILE_CANDIDATES = ("prefix_encoder.safetensors", "prefix_encoder.bin", "pytorch_model.bin",
                            "model.safetensors")

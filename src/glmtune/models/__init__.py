@@ -7,10 +7,19 @@ from .convert import (
     glm_state_dict_to_chatglm,
     glm_to_chatglm_config,
 )
-from .loading import load_model, read_model_config, resolve_dtype, save_model, write_generation_config
+from .loading import (
+    PREFIX_ENCODER_KEYS,
+    load_model,
+    prefix_length,
+    read_model_config,
+    resolve_dtype,
+    save_model,
+    write_generation_config,
+)
 from .shapes import SHAPES, shape_config
 
 __all__ = [
+    "PREFIX_ENCODER_KEYS",
     "SHAPES",
     "CheckpointError",
     "chatglm_state_dict_to_glm",
@@ -18,6 +27,7 @@ __all__ = [
     "glm_state_dict_to_chatglm",
     "glm_to_chatglm_config",
     "load_model",
+    "prefix_length",
     "read_model_config",
     "resolve_dtype",
     "save_model",

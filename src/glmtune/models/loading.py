@@ -34,6 +34,9 @@ from .convert import (
 )
 from .shapes import SHAPES, shape_config
 
+# Key prefix of the official ChatGLM3 P-Tuning v2 prefix encoder's tensors in a checkpoint folder.
+PREFIX_ENCODER_KEYS = "transformer.prefix_encoder."
+
 _DTYPES = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
@@ -123,13 +126,19 @@ def _finish(model: GlmForCausalLM, device: str | torch.device) -> GlmForCausalLM
     return model
 
 
-def load_weights(model: GlmForCausalLM, files: list[Path], layout: str, dtype: torch.dtype, device) -> None:
-    """Fill ``model`` shard by shard, checking every name and shape against its config."""
+def load_weights(model: GlmForCausalLM, files: list[Path], layout: str, dtype: torch.dtype, device, *,
+                 skip: str | None = None) -> None:
+    """Fill ``model`` shard by shard, checking every name and shape against its config.
+
+    Tensors whose name starts with ``skip`` are not part of the model and are passed over.
+    """
     expected = {k: v.shape for k, v in model.state_dict().items()}
     seen: set[str] = set()
     for path in files:
         part = {}
         for name, tensor in iter_tensors(path, dtype):
+            if skip is not None and name.startswith(skip):
+                continue
             pairs = chatglm_key_to_glm(name, tensor, model.config) if layout == "chatglm3" else [(name, tensor)]
             try:
                 pairs = list(pairs)
@@ -172,30 +181,40 @@ def random_model(name: str, *, dtype: torch.dtype, device, vocab_size: int | Non
     return _finish(model, device)
 
 
+def prefix_length(path: str | os.PathLike) -> int | None:
+    """``pre_seq_len`` of a folder whose config.json says it also holds a P-Tuning v2 prefix, else None.
+
+    The official fine-tune demo (and ``glmtune export --prefix DIR --layout chatglm3``) writes the base
+    model and the prefix encoder into one folder; the base loads without the prefix's tensors.
+    """
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        length = read_json(config_file).get("pre_seq_len")
+    except CheckpointError:
+        return None
+    return length if isinstance(length, int) and length > 0 else None
+
+
 def load_model(
     path: str | os.PathLike,
     *,
     dtype=None,
     device: str | torch.device = "cpu",
-    adapter: str | os.PathLike | None = None,
-    prefix: str | os.PathLike | None = None,
     vocab_size: int | None = None,
     seed: int = 0,
 ) -> GlmForCausalLM:
-    """Load a GLM-family model natively, as transformers' ``GlmForCausalLM`` in eval mode.
+    """Load a GLM-family base model natively, as transformers' ``GlmForCausalLM`` in eval mode.
 
     ``path`` is a ChatGLM3 folder (``model_type: "chatglm"``, converted on
     load), a native GLM folder (``model_type: "glm"``), or a named shape from
     :data:`glmtune.models.shapes.SHAPES` for random weights (``vocab_size`` and
     ``seed`` apply to shapes only). ``dtype=None`` keeps the checkpoint's dtype
-    on GPU and uses float32 on CPU. ``adapter`` applies any fine-tuning result
-    folder (LoRA, freeze, full or P-Tuning from glmtune, PEFT or official
-    ChatGLM3 adapters; see :func:`glmtune.methods.load_trained`), ``prefix`` a
-    P-Tuning v2 prefix.
+    on GPU and uses float32 on CPU. A folder that also holds a P-Tuning prefix
+    (``pre_seq_len`` in config.json) loads without it. To apply a fine-tuning
+    result too, use :func:`glmtune.load_model` (``adapter=``, ``prefix=``).
     """
-    if adapter is not None and prefix is not None:
-        raise CheckpointError(f"give either adapter ({adapter}) or prefix ({prefix}), not both: a model is "
-                              "fine-tuned by one method at a time")
     folder = Path(path)
     if folder.is_dir():
         layout, config = read_model_config(folder)
@@ -203,26 +222,16 @@ def load_model(
         check_layer_count(files, layout, config)
         target = resolve_dtype(dtype, device, checkpoint_dtype(files))
         model = empty_model(config)
-        load_weights(model, files, layout, target, device)
+        skip = PREFIX_ENCODER_KEYS if prefix_length(folder) else None
+        load_weights(model, files, layout, target, device, skip=skip)
         model = _finish(model, device)
         # As from_pretrained does: PEFT records it as the adapter's base_model_name_or_path.
         model.name_or_path = str(folder)
-    elif str(path) in SHAPES:
-        model = random_model(str(path), dtype=resolve_dtype(dtype, device, None), device=device,
-                             vocab_size=vocab_size, seed=seed)
-    else:
-        raise CheckpointError(
-            f"{path}: not a model folder and not a known shape (shapes: {', '.join(SHAPES)})"
-        )
-    if adapter is not None:
-        from ..methods.registry import load_trained
-
-        model = load_trained(model, adapter)
-    if prefix is not None:
-        from ..methods.ptuning_io import apply_prefix
-
-        model = apply_prefix(model, prefix)
-    return model
+        return model
+    if str(path) in SHAPES:
+        return random_model(str(path), dtype=resolve_dtype(dtype, device, None), device=device,
+                            vocab_size=vocab_size, seed=seed)
+    raise CheckpointError(f"{path}: not a model folder and not a known shape (shapes: {', '.join(SHAPES)})")
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

@@ -1,0 +1,54 @@
+"""The public facade: load a model together with a fine-tuning result (litgpt's ``api.py`` pattern).
+
+:func:`glmtune.models.load_model` loads base models only; composing a LoRA adapter, a freeze/full result
+or a P-Tuning prefix onto one belongs to :mod:`glmtune.methods`, which sits above the models layer. This
+module joins the two, so neither imports the other upwards. ``glmtune.load_model`` is this function.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from .methods.ptuning_io import apply_prefix
+from .methods.registry import load_trained
+from .models import CheckpointError, prefix_length
+from .models import load_model as load_base_model
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    dtype=None,
+    device: str | torch.device = "cpu",
+    adapter: str | os.PathLike | None = None,
+    prefix: str | os.PathLike | None = None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+):
+    """Load a GLM-family model natively, as transformers' ``GlmForCausalLM`` in eval mode, tuned if asked.
+
+    ``path``, ``dtype``, ``device``, ``vocab_size`` and ``seed`` are those of
+    :func:`glmtune.models.load_model` (a ChatGLM3 or native GLM folder, or a named shape).
+    ``adapter`` applies any fine-tuning result folder (LoRA, freeze, full or P-Tuning from glmtune,
+    PEFT or official ChatGLM3 adapters; see :func:`glmtune.methods.load_trained`), ``prefix`` a
+    P-Tuning v2 prefix (also a whole official P-Tuning checkpoint folder, which may be ``path`` itself).
+    """
+    if adapter is not None and prefix is not None:
+        raise CheckpointError(f"give either adapter ({adapter}) or prefix ({prefix}), not both: a model is "
+                              "fine-tuned by one method at a time")
+    model = load_base_model(path, dtype=dtype, device=device, vocab_size=vocab_size, seed=seed)
+    if adapter is not None:
+        return load_trained(model, adapter)
+    if prefix is not None:
+        return apply_prefix(model, prefix)
+    if length := prefix_length(path):
+        warnings.warn(f"glmtune: {path} holds a P-Tuning v2 prefix (pre_seq_len {length} in its config.json), "
+                      f"which was not applied; to use it pass the same folder as the prefix too "
+                      f"(--prefix {path}, or prefix= in Python)", stacklevel=2)
+    return model
+
+
+__all__ = ["load_model"]
