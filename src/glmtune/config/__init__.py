@@ -120,8 +120,8 @@ def _resolve_paths(data: dict, base: Path, source: Source) -> None:
         on_cli = key in source.overridden
         if is_data_file and (not on_cli or data_dir_on_cli):
             continue
-        if key == "model.path" and _is_shape(node[name]):
-            continue
+        if key == "model.path" and _is_shape(node[name]) or key == "data.registry_file" and node[name] == "bundled":
+            continue  # a name, not a path
         root = cwd if on_cli else base
         value = node[name]
         node[name] = [_absolute(v, root) for v in value] if isinstance(value, list) else _absolute(value, root)
@@ -202,7 +202,7 @@ def check_data_files(cfg: TrainConfig, source: Source) -> None:
     base = Path(cfg.data.data_dir or ".")
     for name in DATA_FILE_FIELDS + ("train_files", "registry_file"):
         value = getattr(cfg.data, name)
-        for item in value if isinstance(value, list) else [value] if value else []:
+        for item in value if isinstance(value, list) else [value] if value and value != "bundled" else []:
             candidate = Path(item) if Path(item).is_absolute() else base / item
             if not candidate.exists():
                 raise ConfigError(

@@ -58,7 +58,8 @@ def cache_key(sources: list[Source], cfg: DataConfig, tokenizer) -> str:
         "specials": getattr(tokenizer, "special_tokens", None),
         "sources": [{"digest": file_digest(s.path), "path": str(s.path), "resolved": str(s.path.resolve()),
                      "suffix": s.path.suffix.lower(), "format": cfg.format if s.format == "auto" else s.format,
-                     "columns": {**cfg.columns, **s.columns}, "ratio": s.ratio, "name": s.name}
+                     "columns": {**cfg.columns, **s.columns}, "ratio": s.ratio, "name": s.name,
+                     "select": [s.max_samples, s.holdout, s.part]}
                     for s in sources],
         "lengths": [cfg.max_input_length, cfg.max_output_length, cfg.max_seq_length, cfg.truncation],
         "skip_invalid": cfg.skip_invalid,

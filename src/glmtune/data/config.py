@@ -41,9 +41,18 @@ class DataConfig:
     ``{content: user, summary: assistant}`` for AdvertiseGen; targets: system, user, assistant, context, target,
     or a canonical key of the chosen format (e.g. ``conversations``, ``instruction``)."""
     registry_file: str | None = None
-    """Dataset registry (JSON or YAML): name -> {file, format, columns, ratio}."""
+    """Dataset registry (JSON or YAML): name -> {file, format, columns, ratio}, or a LLaMA-Factory
+    ``dataset_info.json`` (file_name, formatting, columns, tags); ``bundled``: the registry of common public
+    datasets shipped with glmtune (alpaca_zh, belle_*, firefly, AdvertiseGen, identity...), whose files are
+    looked for in ``data_dir``."""
     datasets: list[str] = field(default_factory=list)
-    """Names from ``registry_file`` to mix into the training set (``name`` or ``name:ratio``)."""
+    """Names from ``registry_file`` to mix into the training set (``name`` or ``name:ratio``; a string is split
+    at commas, as LLaMA-Factory's ``dataset: a,b``)."""
+    val_size: float | None = None
+    """Hold out this share of the training records for validation when no ``val_file`` is given: a fraction
+    (0.1) or a record count (200). Seeded by ``seed``: the same split on every run, never overlapping training."""
+    max_samples: int | None = None
+    """Use at most the first N records of each training file or dataset (LLaMA-Factory's ``max_samples``)."""
     max_input_length: int | None = 512
     """Prompt budget in tokens (official ``max_input_length``)."""
     max_output_length: int | None = 512
@@ -65,7 +74,7 @@ class DataConfig:
     cache_dir: str | None = None
     """Where encodings are cached; default ``$GLMTUNE_CACHE`` or ``~/.cache/glmtune/data``."""
     seed: int = 0
-    """Seed for registry sampling ratios."""
+    """Seed for registry sampling ratios and the ``val_size`` split."""
 
     def __post_init__(self) -> None:
         # YAML writes an empty section as null; treat it as empty, not as a type error.
@@ -95,9 +104,29 @@ class DataConfig:
             self.datasets = [s.strip() for s in self.datasets.split(",") if s.strip()]
         if self.datasets and not self.registry_file:
             raise DataError("data.datasets is set but data.registry_file is not "
-                            "(expected the registry file that defines those names; fix: set data.registry_file)")
+                            "(expected the registry file that defines those names: glmtune's, a LLaMA-Factory "
+                            "dataset_info.json, or `bundled` for the common public datasets; fix: set "
+                            "data.registry_file)")
+        self._check_split()
         if self.packing and self.row_length is None:
             raise DataError("data.packing needs a row length (fix: set data.pack_length or data.max_seq_length)")
+
+    def _check_split(self) -> None:
+        if self.max_samples is not None and (not isinstance(self.max_samples, int) or isinstance(self.max_samples, bool)
+                                             or self.max_samples < 1):
+            raise DataError(f"data.max_samples: {self.max_samples!r} is not a positive integer (expected e.g. 1000)")
+        value = self.val_size
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 \
+                or (value >= 1 and value != int(value)) or value != value:
+            raise DataError(f"data.val_size: {value!r} (expected a fraction between 0 and 1, e.g. 0.1, or a record "
+                            "count, e.g. 200)")
+        if value >= 1:
+            self.val_size = int(value)
+        if self.val_file:
+            raise DataError("data.val_size and data.val_file are both set (fix: hold out part of the training data "
+                            "with val_size, or give a validation file, not both)")
 
     @property
     def chat_length(self) -> int | None:

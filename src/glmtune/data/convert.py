@@ -5,15 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from .chat_format import prompt_history
+from .dataset_info import apply_tags, split_tags
 from .errors import DataError, record_error
 from .formats import FORMATS, _Ctx, _structured
 from .messages import Conversation
 
 
 def apply_columns(record: dict, columns: dict[str, str]) -> dict:
-    """Rename the record's keys by ``columns`` (source -> target); unmapped keys stay."""
+    """Rename the record's keys by ``columns`` (source -> target); unmapped keys stay.
+
+    ``@tag`` entries are a LLaMA-Factory dataset's sharegpt tags (:mod:`glmtune.data.dataset_info`).
+    """
     if not columns:
         return record
+    columns, tags = split_tags(columns)
+    if tags:
+        return apply_tags(apply_columns(record, columns), tags)
     out = {k: v for k, v in record.items() if k not in columns}
     for src, dst in columns.items():
         if src in record:
@@ -140,7 +147,7 @@ def resolve_format(fmt: str, first_record: Any, file: str, line: int | None,
 
 def _check_columns(record: dict, columns: dict[str, str], file: str, line: int | None) -> None:
     """A column mapping must name columns the file has (checked on its first record)."""
-    missing = [src for src in columns if src not in record]
+    missing = [src for src in split_tags(columns)[0] if src not in record]
     if missing:
         have = ", ".join(repr(k) for k in list(record)[:20]) or "none"
         raise DataError(f"{file}:{line}: the column mapping names column{'s' if len(missing) > 1 else ''} "

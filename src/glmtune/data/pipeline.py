@@ -11,7 +11,7 @@ from .dataset import EncodedDataset
 from .errors import DataError, DataProblems
 from .messages import Conversation
 from .process import load_conversations, merge_processed, process_source
-from .registry import Source, registry_sources
+from .registry import Source, registry_sources, split_holdout
 from .report import DataReport
 
 SPLITS = ("train", "validation", "test")
@@ -32,8 +32,9 @@ def split_sources(cfg: DataConfig, base_dir: str | Path | None = None) -> dict[s
     train = [Source(_resolve(f, root)) for f in ([cfg.train_file] if cfg.train_file else []) + cfg.train_files]
     if cfg.datasets:
         train += registry_sources(cfg.registry_file, cfg.datasets, root)
+    train, held_out = split_holdout(train, cfg.val_size, cfg.max_samples)
     out = {"train": train,
-           "validation": [Source(_resolve(cfg.val_file, root))] if cfg.val_file else [],
+           "validation": [Source(_resolve(cfg.val_file, root))] if cfg.val_file else held_out,
            "test": [Source(_resolve(cfg.test_file, root))] if cfg.test_file else []}
     return out
 

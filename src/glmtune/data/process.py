@@ -23,7 +23,7 @@ from .encode import encode_sample
 from .errors import DataError, Problem, RecordError
 from .messages import Conversation
 from .readers import RECORDS_EXPECTED, RawJSON, parse_raw, raw_json_lines, read_records
-from .registry import Source
+from .registry import Source, select_records
 from .report import SplitReport
 
 PARALLEL_MIN_RECORDS = 20_000
@@ -73,7 +73,10 @@ def read_source(source: Source, seed: int = 0, raw: bool = False) -> Read:
         # nothing, or "all records are valid", would hide that.
         raise DataError(f"{source.path}: the file holds no records (expected {RECORDS_EXPECTED}; fix: check the path, "
                         "or regenerate the file)")
-    if source.ratio != 1.0 and records:
+    records = select_records(records, source, seed)
+    if source.part == "validation":  # the training part of the same file reports what could not be read
+        problems, warnings = [], []
+    if source.ratio != 1.0 and records and source.part != "validation":
         rng = random.Random(f"{seed}:{source.name}:{source.path}")
         whole, frac = int(source.ratio), source.ratio - int(source.ratio)
         picked = list(range(len(records))) * whole + rng.sample(range(len(records)), round(frac * len(records)))

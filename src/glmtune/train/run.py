@@ -98,7 +98,7 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
 
 
 def _may_evaluate(cfg: TrainConfig) -> bool:
-    return bool(cfg.data.val_file) and cfg.evaluation.strategy != "no"
+    return bool(cfg.data.val_file or cfg.data.val_size) and cfg.evaluation.strategy != "no"
 
 
 def build_trainer(cfg: TrainConfig, prepared, tokenizer, splits, precision: Precision, out: Path, args):
