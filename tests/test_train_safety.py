@@ -73,6 +73,27 @@ def test_quickstart_replaces_only_its_own_files(tmp_path, monkeypatch):
     assert (out / "mine.txt").is_file()
 
 
+def test_a_new_run_never_claims_eval_loss_png_it_no_longer_writes(tmp_path):
+    """loss.png holds the eval loss now: a user's eval_loss.png in a run folder survives an overwrite,
+    while a run from before the manifest (which wrote eval_loss.png) still has it removed."""
+    from glmtune.config.doc import describe_config
+    from glmtune.train import layout
+
+    run = tmp_path / "run"
+    run.mkdir()
+    layout.claim_run_names(run)
+    (run / "eval_loss.png").write_bytes(b"mine")
+    layout.remove_run(run)
+    assert (run / "eval_loss.png").read_bytes() == b"mine"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "eval_loss.png").write_bytes(b"x")
+    assert [p.name for p in layout.run_artifacts(old)] == ["eval_loss.png"]
+    # The texts that describe a run folder name only what a run writes.
+    assert "eval_loss.png" not in layout.__doc__ and "eval_loss.png" not in describe_config()
+    assert "loss.png" in describe_config()
+
+
 # -- reproducibility ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_dir(workdir):

@@ -278,7 +278,7 @@ class OutputConfig:
             'An existing run in ``dir``: refuse (default), resume from its newest checkpoint, or '
             'delete it.'
         )})
-    plots: bool = field(default=True, metadata={"help": 'Draw loss.png / eval_loss.png at the end of training.'})
+    plots: bool = field(default=True, metadata={"help": 'Draw loss.png: train loss (raw, smoothed), eval loss, lr.'})
 
 
 @dataclass

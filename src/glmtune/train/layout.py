@@ -15,7 +15,7 @@
     eval/step-N/           predictions.jsonl (prompt, reference, prediction per sample) and
                            metrics.json of the generation evaluation at step N
     test/                  predictions.jsonl and metrics.json on the test set after training
-    loss.png, eval_loss.png  loss curves (matplotlib)
+    loss.png               raw and smoothed training loss, eval loss and learning rate (matplotlib)
     runs/                  TensorBoard event files (when tensorboard is installed)
     config-resume-N.yaml   the options of a resume from step N that changed them (training.resume_allow_changes)
     .glmtune-run.json      the entries a run created here (what output.if_exists=overwrite may remove)
@@ -56,7 +56,10 @@ MANIFEST = ".glmtune-run.json"
 LOCK_FILE = ".glmtune.lock"
 # Every top-level name a run may create (checkpoint-N and .tmp-* are matched by pattern).
 RUN_NAMES = ("config.yaml", "data_report.json", LOG_FILE, FINAL_DIR, "eval", "test", "runs", "loss.png",
-             "eval_loss.png", LOCK_FILE, MANIFEST)
+             LOCK_FILE, MANIFEST)
+# Written by runs from before the manifest (loss.png now draws the eval loss too): an overwrite of such a
+# run still removes it; a new run never claims the name.
+LEGACY_RUN_NAMES = ("eval_loss.png",)
 RESUMED_CONFIG_RE = re.compile(r"^config-resume-\d+\.yaml$")
 
 
@@ -143,7 +146,7 @@ def run_artifacts(output_dir: Path) -> list[Path]:
     """What an overwrite may remove: entries glmtune created (manifest), checkpoints, partial saves."""
     claimed = _claimed(output_dir)
     if not claimed:  # a run from before the manifest: only names no user would pick for their own files
-        claimed = set(RUN_NAMES) - {"eval", "test", "runs"}
+        claimed = set(RUN_NAMES + LEGACY_RUN_NAMES) - {"eval", "test", "runs"}
     found = []
     for child in output_dir.iterdir():
         name = child.name
