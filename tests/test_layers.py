@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"train", "infer", "export", "export_folder"},
     {"api", "glmtune"},  # the facade: load_model(path, adapter=, prefix=), load_tokenizer
     {"methods", "config"},
-    {"families", "models", "tokenizer", "tokenizers", "data"},
+    {"families", "models", "tokenizer", "tokenizers", "hf_tokenizer", "data"},
     {"errors", "files", "devices", "metrics", "resources", "version"},  # small leaves that import nothing above
 ]
 

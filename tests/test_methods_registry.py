@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import train_steps
 from glmtune import load_model
@@ -18,7 +19,6 @@ from glmtune.methods import (
     load_trained,
     make_options,
     prepare,
-    state_to_save,
     trainable_parameter_counts,
 )
 
@@ -86,7 +86,7 @@ def test_freeze_trains_only_chosen_parameters_and_reloads(tmp_path, options, tra
     files = prepared.save(tmp_path)
     assert {p.name for p in files} == {"trained_weights.safetensors", "glmtune_method.json"}
     assert json.loads((tmp_path / "glmtune_method.json").read_text())["method"] == "freeze"
-    assert set(state_to_save(prepared)) == names
+    assert set(load_file(str(tmp_path / "trained_weights.safetensors"))) == names  # only what trains
     reloaded = load_trained(load_model("tiny", dtype="fp32", seed=0), tmp_path)
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=IDS, attention_mask=MASK).logits,
@@ -139,3 +139,36 @@ def test_parameter_counts_for_lora():
 def test_load_trained_rejects_unknown_folders(tmp_path):
     with pytest.raises(MethodError, match="not a fine-tuning result"):
         load_trained(load_model("tiny", dtype="fp32"), tmp_path)
+
+
+def test_one_registry_drives_config_aliases_and_loading(tmp_path):
+    """Config sections, help, aliases and load_trained all come from METHODS; nothing lists methods again."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from glmtune.config.schema import METHOD_ALIASES, METHOD_SECTIONS, MethodConfig
+    from glmtune.methods import Method, get_method
+
+    sections = {f.name: f for f in dataclasses.fields(MethodConfig)}
+    assert list(sections) == ["name", *METHODS]
+    for name, method in METHODS.items():
+        assert isinstance(method, Method) and method.section == name == METHOD_SECTIONS[name]
+        assert sections[name].type is method.options_type and sections[name].metadata["help"] == method.help
+        for alias in method.aliases:
+            assert METHOD_ALIASES[alias] == name and get_method(alias) is method
+            assert MethodConfig(name=alias).name == name
+    assert MethodConfig(name="p-tuning", ptuning=PrefixOptions(4)).options == PrefixOptions(4)
+    with pytest.raises(Exception, match="method.lora is set but method.name is 'full'"):
+        MethodConfig(name="full", lora=LoraOptions(r=4))
+    # prepare() records the method's own name for an alias, so the result reloads through the registry.
+    prepared = prepare(load_model("tiny", dtype="fp32", seed=0), "sft")
+    assert prepared.method == "full"
+    prepared = prepare(load_model("tiny", dtype="fp32", seed=0), "prefix", {"num_virtual_tokens": 2})
+    prepared.save(tmp_path)
+    assert json.loads((tmp_path / "glmtune_method.json").read_text())["method"] == "ptuning"
+    assert type(load_trained(load_model("tiny", dtype="fp32", seed=0), tmp_path)).__name__ == "PrefixModel"
+    # The registry and the config schema import no torch (help-config stays fast).
+    code = ("import sys, glmtune.config.schema, glmtune.methods.catalog; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -7,18 +7,18 @@ fails while it is parsed, before any model is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Literal
 
 from ..data.config import DataConfig
-from ..methods.options import FreezeOptions, FullOptions, LoraOptions, PrefixOptions
+from ..methods.catalog import ALIASES, METHODS as _REGISTRY
 from .official import check_extra_args
 from .parse import ConfigError
 
-METHODS = ("lora", "ptuning", "freeze", "full")
-# Method name -> the MethodConfig field that holds its options (plain registry).
-METHOD_SECTIONS = {"lora": "lora", "ptuning": "ptuning", "freeze": "freeze", "full": "full"}
-METHOD_ALIASES = {"p-tuning": "ptuning", "ptuning_v2": "ptuning", "prefix": "ptuning", "sft": "full"}
+# All derived from the method registry (glmtune.methods.catalog): names, config sections, aliases.
+METHODS = tuple(_REGISTRY)
+METHOD_SECTIONS = {name: method.section for name, method in _REGISTRY.items()}
+METHOD_ALIASES = dict(ALIASES)
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
@@ -52,24 +52,8 @@ class ModelConfig:
             raise ConfigError("model.path is required: a model folder or a shape name such as 'tiny'")
 
 
-@dataclass
-class MethodConfig:
+class _MethodConfigBase:
     """What is trained; only the section of the chosen method may be set."""
-
-    name: str = field(default="lora", metadata={"help": 'One of lora, ptuning, freeze, full.'})
-    lora: LoraOptions = field(
-        default_factory=LoraOptions, metadata={"help": (
-            'LoRA options (rank, alpha, dropout, targets, rsLoRA, DoRA).'
-        )})
-    ptuning: PrefixOptions = field(
-        default_factory=PrefixOptions, metadata={"help": (
-            'P-Tuning v2 options (num_virtual_tokens / pre_seq_len, prefix_projection).'
-        )})
-    freeze: FreezeOptions = field(
-        default_factory=FreezeOptions, metadata={"help": (
-            'Freeze options (train the last N layers, or modules matched by name).'
-        )})
-    full: FullOptions = field(default_factory=FullOptions, metadata={"help": 'Full fine-tuning options.'})
 
     def __post_init__(self):
         self.name = METHOD_ALIASES.get(self.name, self.name)
@@ -87,6 +71,17 @@ class MethodConfig:
     def options(self):
         """The options dataclass of the chosen method."""
         return getattr(self, METHOD_SECTIONS[self.name])
+
+
+# ``name`` plus one options section per registered method (method.lora, method.ptuning, ...).
+MethodConfig = make_dataclass(
+    "MethodConfig",
+    [("name", str, field(default="lora", metadata={"help": f"One of {', '.join(METHODS)}."}))]
+    + [(m.section, m.options_type, field(default_factory=m.options_type, metadata={"help": m.help}))
+       for m in _REGISTRY.values()],
+    bases=(_MethodConfigBase,),
+    namespace={"__doc__": _MethodConfigBase.__doc__, "__module__": __name__},
+)
 
 
 @dataclass

@@ -10,10 +10,12 @@ API (used by the training loop, chat, eval and export)::
     prepared.load_state(checkpoint_dir)                 # resume: in place, so optimizer state stays attached
     model = load_trained(load_model(base), out_dir)     # chat / eval / export: re-apply a saved result
 
-* ``METHODS``: plain dict name -> :class:`Method` (``options_type``, ``prepare``,
-  ``save``, ``load_state``): "lora", "ptuning", "freeze", "full". Unknown names
-  raise :class:`MethodError` listing the known ones; ``make_options(name, dict)``
-  rejects unknown option keys with the closest valid name.
+* ``METHODS`` (:mod:`.catalog`, the one registry): plain dict name -> :class:`Method`
+  (``options_type``, config ``section``, ``aliases``, ``help``, and ``prepare``,
+  ``save``, ``load_state`` (resume), ``load`` (apply a saved result)). The
+  config schema, its aliases and :func:`load_trained` derive from it; it imports
+  no torch. Unknown names raise :class:`MethodError` listing the known ones;
+  ``make_options(name, dict)`` rejects unknown option keys with the closest valid name.
 * Options dataclasses: :class:`LoraOptions` (r=8, alpha=32, dropout=0.1,
   target="qkv"|"attention"|"all-linear"|[names], use_rslora, use_dora),
   :class:`PrefixOptions` (num_virtual_tokens=128 = official pre_seq_len,
@@ -26,8 +28,7 @@ API (used by the training loop, chat, eval and export)::
   gradient-accumulation normalisation is exact).
 * Checkpoints: call ``prepared.save(ckpt_dir)`` for the model part (the HF
   Trainer's default ``_save`` would write the whole base model for a P-Tuning
-  wrapper) and ``prepared.load_state(ckpt_dir)`` / ``load_state(prepared, dir)``
-  on resume; ``state_to_save(prepared)`` gives the trainable tensors by name.
+  wrapper) and ``prepared.load_state(ckpt_dir)`` on resume.
 * Gradient checkpointing: ``prepared.model.activation_checkpointing_enable()``
   (or the deprecated ``gradient_checkpointing_enable``) works for every method;
   P-Tuning requires non-reentrant checkpointing and says so otherwise.
@@ -41,9 +42,9 @@ Saved folder layouts (each also holds ``glmtune_method.json``: method, options, 
 * freeze:  ``trained_weights.safetensors`` (only the trained tensors, native names)
 * full:    a whole native model folder (``config.json`` + safetensors shards), see ``glmtune.models.save_model``
 
-Loading outside training: ``glmtune.load_model(path, adapter=DIR)`` calls
+Loading outside training: ``glmtune.load_model(path, adapter=DIR)`` (:mod:`glmtune.api`) calls
 :func:`load_trained`, which detects the method from ``glmtune_method.json`` or
-the files and, for LoRA, calls :func:`glmtune.methods.adapters.apply_adapter`
+the files and calls its ``Method.load``: for LoRA :func:`glmtune.methods.adapters.apply_adapter`
 (glmtune/PEFT adapters and official ``query_key_value`` ones, converted
 exactly); ``prefix=DIR`` calls
 :func:`glmtune.methods.ptuning_io.apply_prefix` (also ``.bin`` prefixes and whole
@@ -53,11 +54,12 @@ contract (attention mask over real tokens only, :class:`PrefixCache`) is in
 :mod:`glmtune.methods.ptuning`.
 """
 
+from .catalog import METHODS, Method, get_method
 from .errors import MethodError
 from .options import FreezeOptions, FullOptions, LoraOptions, PrefixOptions
 
-# The rest loads on first use (PEP 562): those modules import torch/transformers, and the option types above
-# are all that the config layer and `glmtune train --help-config` need.
+# The rest loads on first use (PEP 562): those modules import torch/transformers, and the registry and option
+# types above are all that the config layer and `glmtune train --help-config` need.
 _LAZY = {
     "apply_adapter": "adapters",
     "merge_adapter": "adapters",
@@ -66,17 +68,12 @@ _LAZY = {
     "PrefixModel": "ptuning",
     "apply_prefix": "ptuning_io",
     "METHOD_FILE": "registry",
-    "METHODS": "registry",
-    "Method": "registry",
     "Prepared": "registry",
     "detect_method": "registry",
     "format_parameter_counts": "registry",
-    "get_method": "registry",
-    "load_state": "registry",
     "load_trained": "registry",
     "make_options": "registry",
     "prepare": "registry",
-    "state_to_save": "registry",
     "trainable_parameter_counts": "registry",
 }
 
@@ -92,6 +89,6 @@ def __getattr__(name: str):
 __all__ = [
     "METHODS", "METHOD_FILE", "FreezeOptions", "FullOptions", "LoraOptions", "Method", "MethodError",
     "PrefixCache", "PrefixEncoder", "PrefixModel", "PrefixOptions", "Prepared", "apply_adapter",
-    "apply_prefix", "detect_method", "format_parameter_counts", "get_method", "load_state", "load_trained",
-    "make_options", "merge_adapter", "prepare", "state_to_save", "trainable_parameter_counts",
+    "apply_prefix", "detect_method", "format_parameter_counts", "get_method", "load_trained",
+    "make_options", "merge_adapter", "prepare", "trainable_parameter_counts",
 ]

@@ -145,8 +145,18 @@ def load_prefix_weights(model: PrefixModel, state: dict[str, torch.Tensor], sour
             own[name].copy_(tensor)
 
 
-def apply_prefix(model: nn.Module, prefix_dir: str | os.PathLike) -> PrefixModel:
-    """``model`` wrapped with the P-Tuning v2 prefix saved in ``prefix_dir`` (eval mode, nothing trainable)."""
+def prepare_ptuning(model: nn.Module, options: PrefixOptions) -> PrefixModel:
+    """``model`` frozen and wrapped with a fresh prefix: only the prefix encoder trains."""
+    model.requires_grad_(False)
+    return PrefixModel(model, options)
+
+
+def apply_prefix(model: nn.Module, prefix_dir: str | os.PathLike, *,
+                 base_path_override: str | None = None) -> PrefixModel:
+    """``model`` wrapped with the P-Tuning v2 prefix saved in ``prefix_dir`` (eval mode, nothing trainable).
+
+    ``base_path_override`` is accepted as every method's loader takes it; a prefix records no base path.
+    """
     folder = Path(prefix_dir)
     if not folder.is_dir():
         raise MethodError(f"{folder}: prefix folder not found")

@@ -1,4 +1,4 @@
-"""The method registry, ``prepare``, ``Prepared.save`` and ``load_trained``."""
+"""``prepare``, ``Prepared.save``, method files and ``load_trained``, over the registry in :mod:`.catalog`."""
 
 from __future__ import annotations
 
@@ -6,52 +6,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import torch
 from torch import nn
 
 from ..version import __version__
+from .catalog import METHODS, Method, canonical_name, get_method
 from .errors import MethodError
-from .freeze import WEIGHTS_FILE, load_freeze_state, prepare_freeze, save_trained_tensors
-from .full import load_full_state, prepare_full, save_full
-from .adapters import load_lora_state
-from .lora import prepare_lora, save_lora
-from .options import FreezeOptions, FullOptions, LoraOptions, PrefixOptions, options_from_dict, options_to_dict
-from .ptuning import PrefixModel
-from .ptuning_io import PREFIX_FILE, load_prefix_state, save_prefix
+from .freeze import WEIGHTS_FILE
+from .options import options_from_dict, options_to_dict
+from .ptuning_io import PREFIX_FILE
 
 METHOD_FILE = "glmtune_method.json"
-
-
-@dataclass(frozen=True)
-class Method:
-    """One fine-tuning method: how to prepare a model, save what it trains, and load that back in place."""
-
-    options_type: type
-    prepare: Callable[[nn.Module, Any], nn.Module]
-    save: Callable[[nn.Module, Path], list[Path]]
-    load_state: Callable[[nn.Module, Path], None]
-
-
-def _prepare_ptuning(model: nn.Module, options: PrefixOptions) -> PrefixModel:
-    model.requires_grad_(False)
-    return PrefixModel(model, options)
-
-
-METHODS: dict[str, Method] = {
-    "lora": Method(LoraOptions, prepare_lora, save_lora, load_lora_state),
-    "ptuning": Method(PrefixOptions, _prepare_ptuning, save_prefix, load_prefix_state),
-    "freeze": Method(FreezeOptions, prepare_freeze, save_trained_tensors, load_freeze_state),
-    "full": Method(FullOptions, prepare_full, save_full, load_full_state),
-}
-
-
-def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise MethodError(f"unknown fine-tuning method {name!r}; known methods: {', '.join(METHODS)}") from None
 
 
 def make_options(name: str, options: Any = None) -> Any:
@@ -96,6 +62,7 @@ class Prepared:
 
 def prepare(model: nn.Module, method_name: str, options: Any = None) -> Prepared:
     """Prepare ``model`` for training with a method of :data:`METHODS` (options: None, dict or dataclass)."""
+    method_name = canonical_name(method_name)
     options = make_options(method_name, options)
     prepared = get_method(method_name).prepare(model, options)
     if not any(p.requires_grad for p in prepared.parameters()):
@@ -152,31 +119,10 @@ def load_trained(base_model: nn.Module, out_dir: str | os.PathLike, *,
     :class:`PrefixModel`, freeze/full -> the base model with the saved tensors
     copied in. ``base_path_override`` is recorded in a LoRA model's PEFT config.
     """
-    from .adapters import apply_adapter
-    from .ptuning_io import apply_prefix
-
     folder = Path(out_dir)
     if not folder.is_dir():
         raise MethodError(f"{folder}: fine-tuning result folder not found")
-    method = detect_method(folder)
-    if method == "lora":
-        return apply_adapter(base_model, folder, base_path_override=base_path_override)
-    if method == "ptuning":
-        return apply_prefix(base_model, folder)
-    get_method(method).load_state(base_model, folder)
-    base_model.requires_grad_(False)
-    base_model.eval()
-    return base_model
-
-
-def state_to_save(prepared: Prepared) -> dict[str, torch.Tensor]:
-    """The trainable tensors by name (what a checkpoint must keep), detached on CPU."""
-    return {n: p.detach().cpu() for n, p in prepared.trainable_parameters()}
-
-
-def load_state(prepared: Prepared, folder: str | os.PathLike) -> None:
-    """Resume: restore what ``Prepared.save(folder)`` wrote into ``prepared.model``, in place."""
-    prepared.load_state(folder)
+    return get_method(detect_method(folder)).load(base_model, folder, base_path_override=base_path_override)
 
 
 def trainable_parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -198,3 +144,8 @@ def format_parameter_counts(model: nn.Module) -> str:
     trainable, total = trainable_parameter_counts(model)
     share = 100.0 * trainable / total if total else 0.0
     return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {share:.4f}"
+
+
+__all__ = ["METHODS", "METHOD_FILE", "Method", "Prepared", "detect_method", "format_parameter_counts",
+           "get_method", "load_trained", "make_options", "prepare", "read_method_file", "trainable_parameter_counts",
+           "write_method_file"]

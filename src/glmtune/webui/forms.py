@@ -10,8 +10,8 @@ import yaml
 
 from ..config import config_to_dict, load_config
 from ..errors import UserError
+from ..methods.catalog import METHODS  # the one method registry (names for the form's radio)
 
-METHODS = ("lora", "ptuning", "freeze", "full")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 EVAL_STRATEGIES = ("no", "steps", "epoch")
