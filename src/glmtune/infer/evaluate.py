@@ -96,8 +96,13 @@ def build_samples(conversations: list[Conversation], tokenizer, settings: EvalSe
 
 
 def generate_all(model, tokenizer, samples: list[EvalSample], settings: EvalSettings,
-                 progress: Callable[[int], None] | None = None) -> list[str]:
-    """Raw decoded replies, batched by similar prompt length (less padding), in the samples' order."""
+                 progress: Callable[[int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> list[str]:
+    """Raw decoded replies, batched by similar prompt length (less padding), in the samples' order.
+
+    ``should_stop`` is asked before every generated token; True raises
+    ``glmtune.infer.generation.GenerationStopped`` (the evaluation is abandoned).
+    """
     from .generation import generate_batch
 
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt))
@@ -107,7 +112,7 @@ def generate_all(model, tokenizer, samples: list[EvalSample], settings: EvalSett
         outs = generate_batch(model, tokenizer, [samples[i].prompt for i in chunk],
                               max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                               top_p=settings.top_p, seed=None if settings.seed is None else settings.seed + start,
-                              do_sample=None)
+                              do_sample=None, should_stop=should_stop)
         for i, ids in zip(chunk, outs):
             raws[i] = tokenizer.decode(ids, skip_unknown=True)
         if progress is not None:
@@ -116,11 +121,12 @@ def generate_all(model, tokenizer, samples: list[EvalSample], settings: EvalSett
 
 
 def evaluate(model, tokenizer, conversations: list[Conversation], settings: EvalSettings,
-             progress: Callable[[int], None] | None = None) -> EvalResult:
+             progress: Callable[[int], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> EvalResult:
     from ..metrics import compute_metrics, sample_scores
 
     samples = build_samples(conversations, tokenizer, settings)
-    raws = generate_all(model, tokenizer, samples, settings, progress)
+    raws = generate_all(model, tokenizer, samples, settings, progress, should_stop)
     preds = [prediction_text(r) for r in raws]
     metrics = compute_metrics(preds, [s.reference for s in samples])
     rows = [{"source": s.source, "turn": s.turn, "prompt_tokens": len(s.prompt), "reference": s.reference,

@@ -21,12 +21,17 @@ later calls pass back what it returned.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
 from .sampling import SamplingConfig, make_generator, next_tokens
+
+
+class GenerationStopped(Exception):
+    """``should_stop()`` said True: the generation was abandoned before its end (its tokens are incomplete)."""
 
 
 def sampling_config(*, max_new_tokens: int = 512, do_sample: bool | None = None, temperature: float | None = None,
@@ -86,14 +91,17 @@ class _State:
 
 
 def decode_steps(model, batch: dict[str, torch.Tensor], config: SamplingConfig, *, stop_ids: Iterable[int] = (),
-                 pad_token_id: int = 0, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                 pad_token_id: int = 0, generator: torch.Generator | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(tokens, finished)`` per step, each of shape (B,).
 
     ``batch`` holds left-padded ``input_ids``, ``attention_mask`` and
     ``position_ids``. A row is finished once it produced a stop token (that
     step's token is the stop token); later steps feed it padding and its
     tokens are meaningless. Stops when every row is finished or after
-    ``max_new_tokens`` steps.
+    ``max_new_tokens`` steps. ``should_stop`` is asked before every step (a
+    flag read, e.g. a signal handler's): True raises :class:`GenerationStopped`,
+    so a stop request ends a long generation at its next token.
     """
     device = model_device(model)
     ids = batch["input_ids"].to(device)
@@ -107,6 +115,8 @@ def decode_steps(model, batch: dict[str, torch.Tensor], config: SamplingConfig, 
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
     step_ids, step_pos = ids, state.position_ids
     for _ in range(config.max_new_tokens):
+        if should_stop is not None and should_stop():
+            raise GenerationStopped
         out = model(input_ids=step_ids, attention_mask=state.attention_mask, position_ids=step_pos,
                     cache=state.cache, use_cache=True, **extra)
         state.cache = out.cache
@@ -153,12 +163,14 @@ def generate_stream(model, input_ids: list[int], *, max_new_tokens: int = 512, d
 def generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int = 512,
                    do_sample: bool | None = False, temperature: float | None = None, top_p: float = 1.0,
                    top_k: int = 0, repetition_penalty: float = 1.0, seed: int | None = None,
-                   generator: torch.Generator | None = None, stop_ids: Iterable[int] | None = None) -> list[list[int]]:
+                   generator: torch.Generator | None = None, stop_ids: Iterable[int] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> list[list[int]]:
     """Generated ids per prompt (stop token excluded), the batch left-padded as the official tokenizer does.
 
     ``stop_ids=None`` uses ``tokenizer.stop_ids`` (eos, ``<|user|>``,
     ``<|observation|>``); pass ``()`` to never stop early. Each row gets the
     same tokens it would get alone (up to float rounding in the padded batch).
+    ``should_stop``: see :func:`decode_steps` (True raises :class:`GenerationStopped`).
     """
     if not prompts:
         return []
@@ -172,7 +184,7 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], *, max_new_tokens
     done = [False] * len(prompts)
     with torch.no_grad(), eval_mode(model):
         steps = decode_steps(model, tokenizer.pad(prompts), config, stop_ids=stops,
-                             pad_token_id=tokenizer.pad_token_id, generator=generator)
+                             pad_token_id=tokenizer.pad_token_id, generator=generator, should_stop=should_stop)
         for tokens, finished in steps:
             for row, (token, stop) in enumerate(zip(tokens.tolist(), finished.tolist())):
                 if done[row]:

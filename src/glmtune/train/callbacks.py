@@ -117,7 +117,7 @@ class StopOnSignalCallback(TrainerCallback):
     The handler only sets a flag (signal handlers must not do I/O in the middle
     of a step); the callback turns it into ``should_save`` + ``should_training_stop``
     at the end of the step, or after an evaluation (which itself stops at its
-    next generated batch, see ``GenerationEval.should_stop``). A second signal
+    next generated token, see ``GenerationEval.should_stop``). A second signal
     does not abandon the checkpoint being made; a third restores the default
     behaviour, so a stuck run can still be killed (the newest complete checkpoint stays).
     """
@@ -158,7 +158,7 @@ class StopOnSignalCallback(TrainerCallback):
                   "(send it once more to exit at once, without it)", file=sys.stderr)
             return
         print(f"\nglmtune: {name} received; saving a checkpoint after this step "
-              "(an evaluation in progress stops at its next batch)", file=sys.stderr)
+              "(an evaluation in progress stops at its next token)", file=sys.stderr)
 
     def _stop(self, control):
         if _any_process(self.received is not None):

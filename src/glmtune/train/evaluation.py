@@ -19,10 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-class _Stopped(Exception):
-    """A stop was requested (SIGINT/SIGTERM) while generating: the evaluation is abandoned."""
-
-
 @dataclass
 class GenerationEval:
     """Generate for a bounded set of conversations and score them; one instance per split."""
@@ -36,7 +32,7 @@ class GenerationEval:
     write: bool = True
     """Write predictions and metrics (the world process zero only; every process generates the same)."""
     should_stop: Callable[[], bool] | None = None
-    """Asked after each generated batch: True abandons the evaluation (no scores, nothing written)."""
+    """Asked before each generated token: True abandons the evaluation (no scores, nothing written)."""
     progress: bool = True
     """Show a progress bar (samples generated) on stderr."""
 
@@ -45,21 +41,17 @@ class GenerationEval:
         from tqdm.auto import tqdm
 
         from ..infer.evaluate import evaluate, write_results
+        from ..infer.generation import GenerationStopped
 
         if not self.conversations or self._stop():
             return {}
         started = time.perf_counter()
         bar = tqdm(desc=f"eval {name}", unit="sample", disable=not self.progress, leave=False,
                    dynamic_ncols=True, file=sys.stderr)
-
-        def advance(done: int) -> None:
-            bar.update(done)
-            if self._stop():
-                raise _Stopped
-
         try:
-            result = evaluate(model, self.tokenizer, self.conversations, self.settings, progress=advance)
-        except _Stopped:
+            result = evaluate(model, self.tokenizer, self.conversations, self.settings, progress=bar.update,
+                              should_stop=self._stop)
+        except GenerationStopped:
             return {}
         finally:
             bar.close()

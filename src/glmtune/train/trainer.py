@@ -197,7 +197,7 @@ class GlmTrainer(Trainer):
             scores = {}
             if self.generation_eval is not None and eval_dataset is None:
                 # Generation first: super().evaluate ends with on_evaluate, which acts on a stop request
-                # that arrived while generating (the generation itself stops at its next batch).
+                # that arrived while generating (the generation itself stops at its next token).
                 scores = self.generation_eval.run(self.model, f"step-{self.state.global_step}")
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             extra = {f"{metric_key_prefix}_{k}": v for k, v in scores.items() if not math.isnan(v)}
