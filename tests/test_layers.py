@@ -22,8 +22,8 @@ PACKAGE = SRC / "glmtune"
 # Top to bottom; a module may import its own layer and the layers below it. The key is the first
 # name under glmtune ("glmtune" itself is the package's __init__: the public facade, like api).
 LAYERS: list[set[str]] = [
-    {"cli", "__main__", "commands", "quickstart"},  # the command line (quickstart drives it end to end)
-    {"webui"},
+    {"cli", "__main__", "commands"},  # the command line
+    {"webui", "quickstart"},  # apps over the library (train, infer, export), never the command line
     {"train", "infer", "export", "export_folder"},
     {"api", "glmtune"},  # the facade: load_model(path, adapter=, prefix=), load_tokenizer
     {"methods", "config"},

@@ -6,7 +6,7 @@ Steps (each the same code path as the real commands):
    else a small SentencePiece model trained on the bundled text, with the same
    special-token scheme;
 2. data: the bundled self-cognition set (64 Chinese/English identity Q&A
-   pairs, ``{{name}}``/``{{author}}`` filled in), checked by ``glmtune data check``;
+   pairs, ``{{name}}``/``{{author}}`` filled in), checked as ``glmtune data check`` does;
 3. model: a small randomly initialised GLM (shape ``small``), written as a
    model folder like ``glmtune init-model``;
 4. training: ``glmtune train`` with a config written to the run folder
@@ -106,6 +106,24 @@ def make_tokenizer(out: Path, data_file: Path, given: str | None):
     return tok, out / "tokenizer"
 
 
+def check_data(data_file: Path, tok) -> None:
+    """``glmtune data check`` of the bundled file: the same library calls, its summary printed."""
+    from .data.config import DataConfig
+    from .data.process import merge_processed, process_source
+    from .data.registry import Source
+
+    cfg = DataConfig(max_input_length=64, max_output_length=96, cache=False)
+    result = merge_processed([process_source(Source(data_file), cfg, tok)])
+    for problem in result.problems + result.warnings:
+        say(str(problem))
+    result.report.examples = []  # every problem is already printed above
+    say(result.report.format("data"))
+    if result.problems:
+        raise RuntimeError(f"the bundled dataset failed its check ({len(result.problems)} invalid records); "
+                           "please report this")
+    say("all records are valid")
+
+
 def make_base_model(out: Path, tok, tok_dir: Path, seed: int) -> Path:
     from .models import load_model, save_model, write_generation_config
 
@@ -140,9 +158,9 @@ def train_config(opts: QuickstartOptions, base: Path, data_file: Path) -> dict:
 
 
 def scripted_chat(model_dir: Path, adapter: Path | None, tok_dir: Path) -> list[tuple[str, str]]:
+    from .api import load_model
     from .infer.chat import ChatSession
     from .infer.sampling import SamplingConfig
-    from .api import load_model
     from .tokenizer import load_tokenizer
 
     model = load_model(model_dir, adapter=adapter)
@@ -159,7 +177,6 @@ def scripted_chat(model_dir: Path, adapter: Path | None, tok_dir: Path) -> list[
 
 def run_quickstart(opts: QuickstartOptions) -> dict:
     """Run every step; returns a summary (paths, final loss, chat turns, seconds)."""
-    from .cli import main as cli_main
     from .config import load_config
     from .export import export_model
     from .train import run_training
@@ -170,10 +187,7 @@ def run_quickstart(opts: QuickstartOptions) -> dict:
     data_file = write_dataset(opts.out, opts.name, opts.author)
     tok, tok_dir = make_tokenizer(opts.out, data_file, opts.tokenizer)
     step(2, f"glmtune data check {data_file}")
-    status = cli_main(["data", "check", str(data_file), "--model", str(tok_dir),
-                       "--max-input-length", "64", "--max-output-length", "96"])
-    if status != 0:
-        raise RuntimeError("the bundled dataset failed its check; please report this")
+    check_data(data_file, tok)
     step(3, "base model")
     base = make_base_model(opts.out, tok, tok_dir, opts.seed)
     step(4, f"glmtune train ({opts.method}, {opts.steps} steps)")
