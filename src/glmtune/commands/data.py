@@ -25,9 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser("check", help="validate every record and summarise",
                         description="List every problem as FILE:LINE: problem (expected ...), then a summary. "
                                     "Exit status 1 if any record is invalid.")
-    c.add_argument("inputs", nargs="+", metavar="INPUT",
+    c.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="data files, or folders whose data files (train.json, dev.json, ...) are all checked")
     _common(c, 512)
+    c.add_argument("--dataset", metavar="NAME[,NAME...]",
+                   help="check registry datasets by name (name or name:ratio), as LLaMA-Factory's --dataset")
+    c.add_argument("--dataset-dir", default="data",
+                   help="folder of the datasets and of dataset_info.json (default: data, as LLaMA-Factory); names "
+                        "not in it come from the bundled registry of public datasets")
+    c.add_argument("--registry", default=None, help="registry file to read the names from (glmtune's or a "
+                                                    "LLaMA-Factory dataset_info.json)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=run_check)
 
@@ -120,8 +127,12 @@ def run_check(args: argparse.Namespace) -> int:
     from ..data.registry import Source
 
     cfg, tok = _config(args), _tokenizer(args.model)
-    files = [f for name in args.inputs for f in data_files(name)]
-    result = merge_processed([process_source(Source(f), cfg, tok) for f in files])
+    sources = [Source(f) for name in args.inputs for f in data_files(name)] + _dataset_sources(args)
+    if not sources:
+        from ..errors import UserError
+
+        raise UserError("glmtune data check needs data files or --dataset NAME[,NAME...]")
+    result = merge_processed([process_source(source, cfg, tok) for source in sources])
     _print_problems(sorted(result.problems + result.warnings, key=lambda p: (p.file, p.line or 0)))
     report = result.report
     if args.json:
@@ -139,6 +150,19 @@ def run_check(args: argparse.Namespace) -> int:
         print((f"{n} invalid record{'s' if n != 1 else ''}" if n else "all records are valid")
               + (f", {w} warning{'s' if w != 1 else ''}" if w else ""))
     return 1 if result.problems else 0
+
+
+def _dataset_sources(args: argparse.Namespace) -> list:
+    """Sources of ``--dataset`` names: from --registry, else DATASET_DIR/dataset_info.json, else bundled."""
+    from pathlib import Path
+
+    from ..data.registry import default_registry, registry_sources
+
+    if not args.dataset:
+        return []
+    folder = Path(args.dataset_dir).expanduser()
+    names = [s.strip() for s in args.dataset.split(",") if s.strip()]
+    return registry_sources(args.registry or default_registry(folder), names, folder)
 
 
 def run_preview(args: argparse.Namespace) -> int:

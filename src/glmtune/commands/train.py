@@ -30,7 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("args", nargs="*", metavar="ARG",
                    help="CONFIG.yaml [key=value ...], or DATA_DIR MODEL_DIR CONFIG.yaml [yes|N] (official)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summaries")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit (no training)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config and exit (no training); for a LLaMA-Factory YAML, first what "
+                        "each of its keys became")
+    p.add_argument("--dataset", metavar="NAME[,NAME...]",
+                   help="train on these registry datasets (name or name:ratio) instead of the config's files: "
+                        "from data.registry_file, else DATA_DIR/dataset_info.json (LLaMA-Factory's), else the "
+                        "bundled registry of public datasets (alpaca_zh, belle_*, firefly, AdvertiseGen, identity...)")
     p.add_argument("--help-config", action="store_true",
                    help="print every config option with its type, default and help, and exit")
     p.set_defaults(func=run)
@@ -85,8 +91,14 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import UserError
 
         raise UserError(f"{config}: config file not found")
-    cfg = load_config(config, overrides, **kwargs)
+    cfg = load_config(config, overrides, datasets=args.dataset, **kwargs)
     if args.print_config:
+        from ..config.llamafactory import translation_notes
+
+        notes = translation_notes(config)
+        if notes:
+            print("# LLaMA-Factory config translated (key: value -> glmtune option):")
+            print("".join(f"#   {note}\n" for note in notes), end="")
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
         return 0
     from ..train import TrainingError, describe, run_training

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import GlmtuneError
+from .llamafactory import convert_llamafactory, is_llamafactory
 from .official import convert_official, is_official
 from .parse import ConfigError, Source, apply_overrides, build, read_yaml, to_dict
 from .schema import (
@@ -49,11 +51,13 @@ def load_config(
     *,
     model_dir: str | None = None,
     data_dir: str | None = None,
+    datasets: str | None = None,
     check_files: bool = True,
 ) -> TrainConfig:
     """A checked :class:`TrainConfig` from a YAML file or a dict, plus ``a.b=value`` overrides.
 
-    Official ChatGLM3 finetune_demo configs are recognised and converted;
+    Official ChatGLM3 finetune_demo configs and LLaMA-Factory training configs
+    (:mod:`glmtune.config.llamafactory`) are recognised and converted;
     ``model_dir`` / ``data_dir`` are the official command's positional
     arguments. Relative paths (:func:`_resolve_paths`): written in a config
     file, against that file's folder; given on the command line (overrides,
@@ -61,6 +65,9 @@ def load_config(
     data files named in the file, against ``data.data_dir`` (default: the
     file's folder). Official configs keep the demo's rule: their data files
     resolve against DATA_DIR, everything else against the working directory.
+    ``datasets`` (``--dataset a,b``) replaces the training files with those
+    registry names, read from ``data.registry_file``, else DATA_DIR/dataset_info.json,
+    else the bundled registry of public datasets.
     """
     if isinstance(path_or_dict, dict):
         data, source = path_or_dict, Source("<config dict>")
@@ -73,6 +80,9 @@ def load_config(
     if is_official(data):
         data = convert_official(data, source)
         base = Path.cwd()  # the demo resolves its data files against DATA_DIR, else the working dir
+    elif is_llamafactory(data):
+        data = convert_llamafactory(data, source)[0]
+        base = Path.cwd()  # llamafactory-cli resolves every path against the working directory
     data = apply_overrides(data, [], source)
     if model_dir is not None:
         data.setdefault("model", {})["path"] = str(model_dir)
@@ -85,6 +95,8 @@ def load_config(
         check_model_path(data, base, source)
     _resolve_paths(data, base, source)
     _default_data_dir(data, base)
+    if datasets is not None:
+        _use_datasets(data, datasets, source)
     _check_method_sections(data, source)
     cfg = build(TrainConfig, data, "", source)
     if check_files:
@@ -168,6 +180,16 @@ def missing_model_message(raw: str, folder: Path) -> str:
     return text
 
 
+def _use_datasets(data: dict, datasets: str, source: Source) -> None:
+    from ..data.registry import default_registry
+
+    section = data.setdefault("data", {})
+    section.update(train_file=None, train_files=[], datasets=[s.strip() for s in datasets.split(",") if s.strip()])
+    if not section.get("registry_file"):
+        section["registry_file"] = default_registry(section["data_dir"])
+    source.overridden.update({"data.datasets", "data.registry_file"})
+
+
 def _check_method_sections(data: dict, source: Source) -> None:
     """A section of another method than the chosen one is a mistake (its options would do nothing)."""
     method = data.get("method")
@@ -209,6 +231,13 @@ def check_data_files(cfg: TrainConfig, source: Source) -> None:
                     f"{source.where('data.' + name)}: data.{name} {item!r} not found (looked for {candidate}); "
                     "fix the path, or set data.data_dir (the official command's DATA_DIR) to its folder"
                 )
+    if cfg.data.datasets:
+        from ..data.registry import registry_sources
+
+        try:  # every name known and its file present, before any model loads
+            registry_sources(cfg.data.registry_file, cfg.data.datasets, base)
+        except GlmtuneError as exc:
+            raise ConfigError(f"{source.where('data.datasets')}: {exc}", key="data.datasets") from None
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:
