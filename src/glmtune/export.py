@@ -3,7 +3,9 @@
 * merged model (LoRA/DoRA merged in, or a freeze/full result, or just a model):
   sharded safetensors with an index, ``config.json``, the tokenizer files and a
   ``generation_config.json`` whose eos list stops chat turns ([eos,
-  ``<|user|>``, ``<|observation|>``]). ``native`` is transformers' GLM layout;
+  ``<|user|>``, ``<|observation|>``]). ``native`` is transformers' GLM layout,
+  with a standard ``tokenizer.json`` + chat template (``hf_tokenizer``) so
+  ``AutoTokenizer``, vLLM and SGLang need no remote code;
   ``chatglm3`` is THUDM's layout for the official demos (its ``auto_map`` and
   THUDM's ``tokenizer_config.json`` kept so ``trust_remote_code`` loading works).
 * ``adapter_only``: a LoRA adapter as PEFT saves one for THUDM's ChatGLM3 code
@@ -30,7 +32,7 @@ import torch
 from .export_folder import MANIFEST, ExportError, StagedExport, check_out_dir
 from .methods.adapters import PTUNING_MERGE_ADVICE
 
-__all__ = ["ExportError", "ExportResult", "check_out_dir", "export_model", "parse_size"]
+__all__ = ["ExportError", "ExportResult", "check_out_dir", "export_model", "export_tokenizer", "parse_size"]
 
 LAYOUTS = ("native", "chatglm3")
 # Files of the official ChatGLM3 release that make its remote code and license
@@ -67,7 +69,8 @@ class ExportResult:
     files: list[str] = field(default_factory=list)
     num_parameters: int = 0
     kind: str = "model"
-    """"model" (a standalone model), "adapter" (official LoRA adapter) or "ptuning" (official P-Tuning checkpoint)."""
+    """"model" (a standalone model), "adapter" (official LoRA adapter), "ptuning" (official P-Tuning checkpoint)
+    or "tokenizer" (tokenizer files only)."""
     replaced: list[str] = field(default_factory=list)
     """Files of a previous glmtune export that this one replaced or removed (--force)."""
     notes: list[str] = field(default_factory=list)
@@ -247,6 +250,7 @@ def _export_model(model_path: Path, adapter: Path | None, prefix: Path | None, s
     from .methods import apply_prefix
     from .methods.ptuning_io import add_prefix_to_checkpoint
     from .models import resolve_dtype, save_model, write_generation_config
+    from .hf_tokenizer import save_hf_tokenizer
     from .tokenizer import find_tokenizer, load_tokenizer
 
     target = resolve_dtype(dtype, "cpu", None) if dtype is not None else default_dtype(model_path)
@@ -257,11 +261,36 @@ def _export_model(model_path: Path, adapter: Path | None, prefix: Path | None, s
     if with_prefix is not None:
         add_prefix_to_checkpoint(with_prefix, stage, dtype=target)
     tokenizer.save_pretrained(stage)
+    if layout == "native":  # chatglm3 keeps THUDM's tokenizer files (copy_release_files)
+        save_hf_tokenizer(tokenizer, stage)
     write_generation_config(stage, tokenizer)
     copy_release_files(model_path if model_path.is_dir() else None, stage, layout)
     return ExportResult(out_dir=stage, layout=layout, dtype=target, merged_adapter=adapter,
                         num_parameters=sum(p.numel() for p in model.parameters()),
                         notes=_code_note(model_path, stage) if layout == "chatglm3" else [])
+
+
+def export_tokenizer(source: str | os.PathLike, out_dir: str | os.PathLike, *, force: bool = False) -> ExportResult:
+    """Only the tokenizer files of a native export (for users who keep their weights).
+
+    ``tokenizer.model``, ``tokenizer.json`` + ``tokenizer_config.json`` (chat template) and
+    ``generation_config.json`` (chat stop ids), with the same safety rules as :func:`export_model`.
+    """
+    from .hf_tokenizer import save_hf_tokenizer
+    from .models import write_generation_config
+    from .tokenizer import find_tokenizer, load_tokenizer
+
+    source, out_dir = Path(source), Path(out_dir)
+    tokenizer = load_tokenizer(find_tokenizer(source, hint="give a model folder holding tokenizer.model"))
+    check_out_dir(out_dir, force=force, inputs={"--tokenizer-only": source})
+    provenance = _provenance(source, None, None, "native", "tokenizer")
+    with StagedExport(out_dir, provenance) as stage:
+        tokenizer.save_pretrained(stage.path)
+        save_hf_tokenizer(tokenizer, stage.path)
+        write_generation_config(stage.path, tokenizer)
+        copy_release_files(source if source.is_dir() else None, stage.path, "native")
+    return ExportResult(out_dir=out_dir, layout="native", dtype=None, merged_adapter=None, kind="tokenizer",
+                        files=stage.files, replaced=stage.replaced)
 
 
 def _model_config(model_path: Path):

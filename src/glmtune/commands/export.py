@@ -15,6 +15,9 @@ Write a fine-tuning result as a folder other tools load:
   P-Tuning       --model BASE --prefix PTUNING --layout chatglm3
                  the checkpoint folder the official inference_hf.py loads (base weights + prefix encoder +
                  pre_seq_len); a prefix cannot be merged into the weights
+  tokenizer only --tokenizer-only MODEL
+                 tokenizer.model, tokenizer.json + tokenizer_config.json (chat template) and
+                 generation_config.json, for users who keep their weights
 The output folder is never one of the inputs; --force replaces only files a previous glmtune export
 listed in its glmtune_export.json, never anything else."""
 
@@ -23,7 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="write a merged model, an official-layout LoRA adapter or an official P-Tuning checkpoint",
         description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="base model folder (ChatGLM3 or native GLM layout)")
+    p.add_argument("--model", help="base model folder (ChatGLM3 or native GLM layout); required unless "
+                                   "--tokenizer-only")
+    p.add_argument("--tokenizer-only", dest="tokenizer_only", metavar="MODEL",
+                   help="write only the standard tokenizer files (tokenizer.json, chat template, stop ids) of "
+                        "MODEL (a folder with tokenizer.model)")
     p.add_argument("--adapter", help="LoRA/DoRA adapter folder (glmtune, PEFT or official ChatGLM3), or a glmtune "
                                      "freeze/full result (optional)")
     p.add_argument("--prefix", help="P-Tuning v2 folder: with --layout chatglm3, written as the official checkpoint")
@@ -50,8 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_model, parse_size
+    from ..export import ExportError, export_model, parse_size
 
+    if args.tokenizer_only:
+        return _tokenizer_only(args)
+    if not args.model:
+        raise ExportError("glmtune export needs --model BASE (or --tokenizer-only MODEL for the tokenizer files only)")
     result = export_model(args.model, args.out, adapter=args.adapter, prefix=args.prefix, layout=args.layout,
                           adapter_only=args.adapter_only, dtype=args.dtype, force=args.force,
                           tokenizer_path=args.tokenizer, base_path_override=args.base_path, device=args.device,
@@ -71,4 +82,21 @@ def run(args: argparse.Namespace) -> int:
         print("replaced from the previous glmtune export: " + ", ".join(result.replaced))
     for note in result.notes:
         print(f"note: {note}")
+    return 0
+
+
+def _tokenizer_only(args: argparse.Namespace) -> int:
+    from ..export import ExportError, export_tokenizer
+
+    given = [o for o, v in (("--model", args.model), ("--adapter", args.adapter), ("--prefix", args.prefix),
+                            ("--adapter-only", args.adapter_only), ("--tokenizer", args.tokenizer)) if v]
+    if given:
+        raise ExportError(f"--tokenizer-only {args.tokenizer_only} writes the tokenizer files only; drop "
+                          f"{', '.join(given)}")
+    result = export_tokenizer(args.tokenizer_only, args.out, force=args.force)
+    print(f"exported the tokenizer of {args.tokenizer_only} -> {result.out_dir} (tokenizer.json, chat template, "
+          "stop ids; AutoTokenizer loads it without trust_remote_code)")
+    print("files: " + ", ".join(result.files))
+    if result.replaced:
+        print("replaced from the previous glmtune export: " + ", ".join(result.replaced))
     return 0
