@@ -200,3 +200,14 @@ def test_glmtune_and_official_configs_are_not_taken_for_llamafactory():
     assert is_llamafactory({"model_name_or_path": "x", "dataset": "a"})
     assert not is_llamafactory({"model": {"path": "tiny"}, "data": {"train_file": "a"}})
     assert not is_llamafactory({"data_config": {}, "training_args": {}})
+
+
+def test_val_size_holds_out_records_that_training_evaluates_on(lf_dir):
+    text = (lf_dir / "lora_sft.yaml").read_text().replace("saves/chatglm3/lora/sft", "saves/val")
+    (lf_dir / "v.yaml").write_text(text + "val_size: 0.5\nper_device_eval_batch_size: 2\neval_strategy: steps\n"
+                                          "eval_steps: 2\n")
+    assert main(["train", "v.yaml", "--quiet"]) == 0
+    report = json.loads((lf_dir / "saves/val/data_report.json").read_text())["splits"]
+    assert (report["train"]["samples"], report["validation"]["samples"]) == (3, 3)  # ceil(0.5 x 2) + ceil(0.5 x 4)
+    log = [json.loads(x) for x in (lf_dir / "saves/val/trainer_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval_loss" in r] == [2]

@@ -87,7 +87,7 @@ def find_registry(registry_file: str | Path | None, base_dir: Path) -> tuple[Pat
 def default_registry(data_dir: str | Path) -> str:
     """The registry ``--dataset NAME`` reads: DATA_DIR/dataset_info.json (LLaMA-Factory's place), else bundled."""
     local = Path(data_dir) / REGISTRY_DEFAULT
-    return str(local) if local.is_file() else BUNDLED
+    return str(local.absolute()) if local.is_file() else BUNDLED
 
 
 def registry_sources(registry_file: str | Path | None, names: list[str], base_dir: Path) -> list[Source]:
