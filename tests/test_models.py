@@ -305,3 +305,16 @@ def test_malformed_safetensors_header_is_a_clear_error(tmp_path, header):
 def test_adapter_and_prefix_together_are_refused_before_loading():
     with pytest.raises(CheckpointError, match="not both"):
         glmtune.load_model("tiny", adapter="a", prefix="p")
+
+
+def test_find_glm_lives_in_models_and_sees_through_wrappers():
+    from torch import nn
+
+    from glmtune.methods import PrefixOptions, prepare
+    from glmtune.models import find_glm
+
+    model = glmtune.models.load_model("tiny", dtype="fp32")
+    assert find_glm(model) is model
+    assert find_glm(prepare(model, "ptuning", PrefixOptions(2)).model) is model
+    with pytest.raises(CheckpointError, match="expected a GLM causal LM .*got Linear"):
+        find_glm(nn.Linear(2, 2))

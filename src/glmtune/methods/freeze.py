@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..models import find_glm
 from ..models.checkpoint import iter_tensors
 from ..models.convert import CheckpointError
 from .errors import MethodError
 from .options import FreezeOptions
-from .ptuning import find_glm
 
 WEIGHTS_FILE = "trained_weights.safetensors"
 

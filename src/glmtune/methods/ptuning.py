@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, GlmConfig
 
+from ..models import find_glm
 from .errors import MethodError
 from .options import PrefixOptions
 from .prefix_cache import PrefixCache
@@ -58,18 +59,6 @@ class PrefixEncoder(nn.Module):
     def forward(self, prefix: torch.Tensor) -> torch.Tensor:
         out = self.embedding(prefix)
         return self.trans(out) if self.prefix_projection else out
-
-
-def find_glm(model: nn.Module):
-    """The GlmForCausalLM inside ``model`` (itself, or under a PEFT wrapper)."""
-    from transformers import GlmForCausalLM
-
-    if isinstance(model, GlmForCausalLM):
-        return model
-    for module in model.modules():
-        if isinstance(module, GlmForCausalLM):
-            return module
-    raise MethodError(f"expected a GLM causal LM (GlmForCausalLM), got {type(model).__name__}")
 
 
 def packed_segments(position_ids: torch.Tensor) -> torch.Tensor:

@@ -23,12 +23,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..models import find_glm
 from ..models.checkpoint import INDEX_FILES, iter_tensors, safetensors_header, weight_files
 from ..models.convert import CheckpointError
 from ..models.loading import PREFIX_ENCODER_KEYS as OFFICIAL_PREFIX
 from .errors import MethodError
 from .options import PrefixOptions
-from .ptuning import PrefixModel, find_glm, kv_size
+from .ptuning import PrefixModel, kv_size
 
 PREFIX_FILE = "prefix_encoder.safetensors"
 _PREFIX_FILE_CANDIDATES = ("prefix_encoder.safetensors", "prefix_encoder.bin", "pytorch_model.bin",

@@ -9,6 +9,7 @@ from .convert import (
 )
 from .loading import (
     PREFIX_ENCODER_KEYS,
+    find_glm,
     load_model,
     prefix_length,
     read_model_config,
@@ -25,6 +26,7 @@ __all__ = [
     "chatglm_state_dict_to_glm",
     "chatglm_to_glm_config",
     "glm_state_dict_to_chatglm",
+    "find_glm",
     "glm_to_chatglm_config",
     "load_model",
     "prefix_length",

@@ -109,6 +109,16 @@ def check_layer_count(files: list[Path], layout: str, config: GlmConfig) -> None
                               f"weights hold {len(layers)} layers; fix {key} in the file")
 
 
+def find_glm(model: torch.nn.Module) -> GlmForCausalLM:
+    """The GlmForCausalLM inside ``model`` (itself, or under a PEFT or P-Tuning wrapper)."""
+    if isinstance(model, GlmForCausalLM):
+        return model
+    for module in model.modules():
+        if isinstance(module, GlmForCausalLM):
+            return module
+    raise CheckpointError(f"expected a GLM causal LM (GlmForCausalLM), got {type(model).__name__}")
+
+
 def empty_model(config: GlmConfig) -> GlmForCausalLM:
     """A model whose weights live on the meta device (no memory), to be filled by ``assign``."""
     config._attn_implementation = "sdpa"

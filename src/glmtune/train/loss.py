@@ -31,7 +31,7 @@ def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
 
 
 def find_lm_head(model: torch.nn.Module) -> torch.nn.Module:
-    from ..methods.ptuning import find_glm
+    from ..models import find_glm
 
     return find_glm(model).lm_head
 
