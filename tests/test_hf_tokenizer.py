@@ -194,3 +194,22 @@ def test_string_arguments_are_a_clear_template_error(pair):
     call = {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": '{"a": 1}'}}]}
     with pytest.raises(TemplateError, match="arguments must be a dict"):
         hf.apply_chat_template([{"role": "user", "content": "x"}, call], tokenize=False)
+
+
+def test_load_tokenizer_gives_a_transformers_tokenizer(trained_tokenizer_dir):
+    from transformers import PreTrainedTokenizerFast
+
+    import glmtune
+
+    tok = glmtune.load_tokenizer(trained_tokenizer_dir)
+    assert isinstance(tok.hf, PreTrainedTokenizerFast) and tok.hf is tok.hf  # built once
+    # tok("...") works as THUDM's tokenizer (it raised TypeError before): [gMASK] sop + ids.
+    assert tok("你好 hello")["input_ids"] == tok.encode("你好 hello", add_prefix=True)
+    batch = tok(["a", "longer text"], padding=True, return_tensors="pt")
+    ref = tok.pad([tok.encode(t, add_prefix=True) for t in ["a", "longer text"]])
+    assert batch["input_ids"].tolist() == ref["input_ids"].tolist()
+    history = [{"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(history, add_generation_prompt=True, tokenize=True,
+                                   return_dict=False) == build_prompt(history, tok)
+    assert tok.batch_decode([tok.encode("a b"), []]) == ["a b", ""]
+    assert tok.hf.decode(tok.encode("  x\n")) == tok.decode(tok.encode("  x\n"))

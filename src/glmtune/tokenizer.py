@@ -65,6 +65,34 @@ class ChatGLMTokenizer:
         self.eos_token_id = self.sp.eos_id()
         self.bos_token_id = self.sp.bos_id()
         self._special_re = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
+        self._hf = None
+
+    # -- the transformers tokenizer ------------------------------------------
+    @property
+    def hf(self):
+        """The equivalent ``transformers.PreTrainedTokenizerFast``, built once from the same ``tokenizer.model``.
+
+        It is what ``AutoTokenizer`` loads from a glmtune export (``tokenizer.json`` + chat template),
+        for pipelines, ``Trainer``, vLLM-style code: same ids, same decoding (see ``glmtune.hf_tokenizer``).
+        """
+        if self._hf is None:
+            # Deferred: building it imports transformers and tokenizers, which glmtune's own encoding never needs.
+            from .hf_tokenizer import load_hf_tokenizer
+
+            self._hf = load_hf_tokenizer(self)
+        return self._hf
+
+    def __call__(self, *args, **kwargs):
+        """``tok(text)`` as the official (and any transformers) tokenizer: ``[gMASK] sop`` + ids, padding, tensors."""
+        return self.hf(*args, **kwargs)
+
+    def apply_chat_template(self, *args, **kwargs):
+        """transformers' ``apply_chat_template`` with ChatGLM3's template: the ids of ``data.build_prompt``."""
+        return self.hf.apply_chat_template(*args, **kwargs)
+
+    def batch_decode(self, sequences, **kwargs) -> list[str]:
+        """:meth:`decode` of each sequence."""
+        return [self.decode(ids, **kwargs) for ids in sequences]
 
     # -- vocabulary -----------------------------------------------------
     @property
