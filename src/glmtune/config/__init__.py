@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.registry import default_registry, registry_sources
 from ..errors import GlmtuneError
 from .llamafactory import convert_llamafactory, is_llamafactory
 from .official import convert_official, is_official
@@ -181,8 +182,6 @@ def missing_model_message(raw: str, folder: Path) -> str:
 
 
 def _use_datasets(data: dict, datasets: str, source: Source) -> None:
-    from ..data.registry import default_registry
-
     section = data.setdefault("data", {})
     section.update(train_file=None, train_files=[], datasets=[s.strip() for s in datasets.split(",") if s.strip()])
     if not section.get("registry_file"):
@@ -232,8 +231,6 @@ def check_data_files(cfg: TrainConfig, source: Source) -> None:
                     "fix the path, or set data.data_dir (the official command's DATA_DIR) to its folder"
                 )
     if cfg.data.datasets:
-        from ..data.registry import registry_sources
-
         try:  # every name known and its file present, before any model loads
             registry_sources(cfg.data.registry_file, cfg.data.datasets, base)
         except GlmtuneError as exc:

@@ -27,7 +27,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .official import HF_DEFAULTS, IGNORED_TRAINING_ARGS, TRAINING_ARGS_MAP, _set, _training_args, extra_args_fields
-from .parse import ConfigError, Source, unknown_key
+from ..data.registry import default_registry
+from .parse import ConfigError, Source, read_yaml, unknown_key
 
 # Keys only LLaMA-Factory configs have (any one, with none of glmtune's sections, marks the format).
 MARKERS = ("model_name_or_path", "stage", "finetuning_type", "template", "cutoff_len", "dataset_dir",
@@ -103,8 +104,6 @@ TEMPLATES = {"chatglm3": None,
 
 def translation_notes(path: str | Path) -> list[str]:
     """What each key of a LLaMA-Factory config file became (empty for any other config)."""
-    from .parse import read_yaml
-
     data, lines = read_yaml(Path(path))
     return convert_llamafactory(data, Source(str(path), lines))[1] if is_llamafactory(data) else []
 
@@ -195,8 +194,6 @@ def _method(data: dict, out: dict, notes: list[str]) -> None:
 
 
 def _data(data: dict, out: dict, notes: list[str]) -> None:
-    from ..data.registry import default_registry
-
     dataset_dir = Path(str(data.get("dataset_dir", "data"))).expanduser()
     dataset_dir = dataset_dir if dataset_dir.is_absolute() else Path.cwd() / dataset_dir
     datasets = data.get("dataset")

@@ -17,8 +17,10 @@ never downloads), multimodal and KTO columns.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
+from ..errors import closest
 from .errors import DataError
 
 # LLaMA-Factory role -> glmtune's canonical key, per formatting (src/llamafactory/data/parser.py, DatasetAttr).
@@ -54,8 +56,6 @@ def entry_source(name: str, entry: dict, where: str) -> tuple[str, str, dict[str
     """(file name, glmtune format, glmtune column mapping incl. tags) of one dataset_info entry."""
     unknown = [k for k in entry if k not in ENTRY_KEYS]
     if unknown:
-        from ..errors import closest
-
         raise DataError(f"{where}: dataset {name!r}: unknown key {unknown[0]!r}; {closest(unknown[0], ENTRY_KEYS)}"
                         f"valid keys: {', '.join(ENTRY_KEYS)}")
     if entry.get("ranking"):
@@ -161,6 +161,4 @@ def _retag(msg, role_key: str, content_key: str, roles: dict[str, str]):
 
 def bundled_registry() -> Path:
     """The registry of common public datasets shipped with glmtune (file names and columns, no data)."""
-    from importlib import resources
-
     return Path(str(resources.files("glmtune.resources").joinpath("dataset_info.json")))
