@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_arguments(p)
     p.add_argument("--system", help="system prompt")
     p.add_argument("--tools", help="JSON file with a list of tools (ChatGLM3 or OpenAI function format)")
+    p.add_argument("--prompt", help="answer this one message, print the reply and exit (as the official "
+                                    "inference_hf.py --prompt); a tool call prints as JSON {\"name\", \"parameters\"}")
     p.add_argument("--single-turn", dest="single_turn", action="store_true",
                    help="answer each message on its own (no history)")
     p.add_argument("--show-prompt", dest="show_prompt", action="store_true",
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     model, tok = load_for_inference(args.model, adapter=args.adapter, prefix=args.prefix, tokenizer=args.tokenizer,
                                     dtype=args.dtype, device=args.device)
     session = ChatSession(model, tok, system=args.system, tools=tools, sampling=sampling)
+    if args.prompt is not None:
+        return _one_reply(session, args.prompt, show_prompt=args.show_prompt)
     if hasattr(sys.stdin, "reconfigure"):
         # Undecodable bytes become lone surrogates, which the session refuses turn by turn, instead of
         # a UnicodeDecodeError that would end the session.
@@ -85,3 +89,15 @@ def run(args: argparse.Namespace) -> int:
         return run_interactive(session, single_turn=args.single_turn, show_prompt=args.show_prompt)
     print(f"glmtune chat: model {args.model} loaded; reading turns from standard input", file=sys.stderr)
     return run_piped(session, sys.stdin, sys.stdout, single_turn=args.single_turn, show_prompt=args.show_prompt)
+
+
+def _one_reply(session, prompt: str, *, show_prompt: bool) -> int:
+    import json
+
+    from ..infer.chat_repl import tool_call_json
+
+    reply = session.chat(prompt)
+    if show_prompt:
+        print("prompt: " + json.dumps(session.last_prompt))
+    print(tool_call_json(reply) if reply.tool_call is not None else reply.content)
+    return 0
