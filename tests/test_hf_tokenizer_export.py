@@ -87,3 +87,28 @@ def test_tokenizer_only_refuses_model_options(tmp_path, chatglm3_dir, capsys, ex
 
 def test_export_without_model_is_a_clear_error(tmp_path, capsys):
     assert "--model BASE (or --tokenizer-only MODEL" in _error(capsys, "--out", str(tmp_path / "o"))
+
+
+def test_plain_transformers_chats_with_a_native_export(tmp_path):
+    """AutoModelForCausalLM + AutoTokenizer + generate, no glmtune and no remote code: the trained answers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from glmtune.data.chat_format import parse_reply
+    from test_infer_trained import IDENTITY, TOOLS, trained_chatbot
+
+    out = export_model(trained_chatbot()[0], tmp_path / "out", dtype="fp32").out_dir
+    hf, model = _auto(out), AutoModelForCausalLM.from_pretrained(out)
+    for messages, tools, expected in [([{"role": "user", "content": "who are you"}], None, (IDENTITY, None)),
+                                      ([{"role": "user", "content": "weather in Paris?"}], TOOLS, "get_weather")]:
+        inputs = hf.apply_chat_template(messages, tools=tools, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)
+        with torch.no_grad():  # generation_config.json's eos list ends the turn
+            ids = model.generate(**inputs, max_new_tokens=48, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        assert ids[-1].item() in model.generation_config.eos_token_id
+        text = hf.decode(ids, skip_special_tokens=True)
+        content, call = parse_reply(text)
+        if call is None:
+            assert (content, call) == expected
+        else:
+            assert (call.name, call.parameters) == (expected, {"city": "Paris"})
