@@ -35,8 +35,6 @@ from .tokenizer import SPECIAL_TOKENS, ChatGLMTokenizer, TokenizerError, load_to
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _SPACE = "\u2581"  # SentencePiece's "▁"
-# Pieces with these names decode to nothing, as in THUDM's SPTokenizer.convert_id_to_token.
-_SILENT = ("<unk>", "<s>", "</s>")
 
 
 # -- reading the SentencePiece model (a protobuf, read by hand: protobuf is no dependency) ----
@@ -143,7 +141,9 @@ def build_tokenizer_json(tok: ChatGLMTokenizer):
     # ASCII byte pieces decode on their own: ByteFallback turns a whole run of byte pieces into one "\ufffd"
     # per byte when any is invalid, where SentencePiece keeps the valid "\n" of [<0x8D>, <0x0A>].
     ascii_bytes = [decoders.Replace(f"<0x{b:02X}>", chr(b)) for b in range(128) if f"<0x{b:02X}>" in vocab]
-    hf.decoder = decoders.Sequence([*(decoders.Replace(s, "") for s in _SILENT), *ascii_bytes,
+    # eos, bos and pad decode to nothing, as in THUDM's SPTokenizer.convert_id_to_token.
+    silent = {sp.id_to_piece(i) for i in (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id) if i >= 0}
+    hf.decoder = decoders.Sequence([*(decoders.Replace(s, "") for s in sorted(silent)), *ascii_bytes,
                                     decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
                                     decoders.Strip(" ", 1, 0)])
     controls = [AddedToken(sp.id_to_piece(i), special=True, normalized=False)
