@@ -70,8 +70,6 @@ def test_missing_config_file_is_reported_without_torch(tmp_path):
     assert got["heavy"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="config checks model.path against glmtune.models.SHAPES, and importing "
-                   "glmtune.models imports torch and transformers (models/ is being reorganised for issue 10)")
 def test_unknown_config_key_is_reported_without_torch(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "run.yaml").write_text("model:\n  path: model\ntraining:\n  max_step: 3\n")

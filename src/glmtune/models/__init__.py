@@ -1,38 +1,34 @@
-"""GLM-family models: native loading, conversion both ways, named shapes."""
+"""GLM-family models: native loading, conversion both ways, named shapes.
 
-from .convert import (
-    CheckpointError,
-    chatglm_state_dict_to_glm,
-    chatglm_to_glm_config,
-    glm_state_dict_to_chatglm,
-    glm_to_chatglm_config,
-)
-from .loading import (
-    PREFIX_ENCODER_KEYS,
-    find_glm,
-    load_model,
-    prefix_length,
-    read_model_config,
-    resolve_dtype,
-    save_model,
-    write_generation_config,
-)
+Only the shape table loads eagerly: the config layer checks ``model.path`` against :data:`SHAPES`
+without paying for torch and transformers. Everything else loads on first use (PEP 562).
+"""
+
 from .shapes import SHAPES, shape_config
 
-__all__ = [
-    "PREFIX_ENCODER_KEYS",
-    "SHAPES",
-    "CheckpointError",
-    "chatglm_state_dict_to_glm",
-    "chatglm_to_glm_config",
-    "glm_state_dict_to_chatglm",
-    "find_glm",
-    "glm_to_chatglm_config",
-    "load_model",
-    "prefix_length",
-    "read_model_config",
-    "resolve_dtype",
-    "save_model",
-    "shape_config",
-    "write_generation_config",
-]
+_LAZY = {
+    "CheckpointError": "convert",
+    "chatglm_state_dict_to_glm": "convert",
+    "chatglm_to_glm_config": "convert",
+    "glm_state_dict_to_chatglm": "convert",
+    "glm_to_chatglm_config": "convert",
+    "PREFIX_ENCODER_KEYS": "loading",
+    "find_glm": "loading",
+    "load_model": "loading",
+    "prefix_length": "loading",
+    "read_model_config": "loading",
+    "resolve_dtype": "loading",
+    "save_model": "loading",
+    "write_generation_config": "loading",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SHAPES", "shape_config", *_LAZY]

@@ -6,9 +6,10 @@ the very same conversion as a real checkpoint.
 
 from __future__ import annotations
 
-from transformers import GlmConfig
+from typing import TYPE_CHECKING
 
-from .convert import CheckpointError, chatglm_to_glm_config
+if TYPE_CHECKING:
+    from transformers import GlmConfig
 
 _CHATGLM3_6B = {
     "padded_vocab_size": 65024,
@@ -73,6 +74,9 @@ SHAPES: dict[str, dict] = {
 
 def shape_config(name: str, *, vocab_size: int | None = None) -> GlmConfig:
     """GlmConfig of a named shape; ``vocab_size`` overrides the shape's (for small tokenizers)."""
+    # Deferred: convert imports torch and transformers; the shape names alone (config checks) need neither.
+    from .convert import CheckpointError, chatglm_to_glm_config
+
     if name not in SHAPES:
         raise CheckpointError(f"unknown model shape {name!r}; known shapes: {', '.join(SHAPES)}")
     cfg = dict(SHAPES[name])
