@@ -2,8 +2,8 @@
 
 The layer order is written once, in LAYERS. Function-local imports count like module-level ones
 (deferring torch is no reason to reach upwards), and so do imports under ``if TYPE_CHECKING``.
-Imports by computed name (``importlib.import_module``) are not seen: keep those to the package's lazy
-``__init__``.
+Imports by computed name (``importlib.import_module``) are not seen: keep those to the packages' lazy
+exports (``glmtune.lazy``), whose tables name only the package's own submodules.
 Two rules, with no exceptions:
 
 - no module imports a module of a higher layer;
@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"api", "glmtune"},  # the facade: load_model(path, adapter=, prefix=), load_tokenizer
     {"methods", "config"},
     {"families", "models", "tokenizer", "tokenizers", "hf_tokenizer", "data"},
-    {"errors", "files", "devices", "metrics", "resources", "version"},  # small leaves that import nothing above
+    {"errors", "files", "devices", "metrics", "resources", "version", "lazy"},  # small leaves that import nothing above
 ]
 
 

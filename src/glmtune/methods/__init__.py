@@ -54,6 +54,7 @@ contract (attention mask over real tokens only, :class:`PrefixCache`) is in
 :mod:`glmtune.methods.ptuning`.
 """
 
+from ..lazy import lazy_exports
 from .catalog import METHODS, Method, get_method
 from .errors import MethodError
 from .options import FreezeOptions, FullOptions, LoraOptions, PrefixOptions
@@ -78,12 +79,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

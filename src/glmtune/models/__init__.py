@@ -4,6 +4,7 @@ Only the shape table loads eagerly: the config layer checks ``model.path`` again
 without paying for torch and transformers. Everything else loads on first use (PEP 562).
 """
 
+from ..lazy import lazy_exports
 from .shapes import SHAPES, shape_config
 
 _LAZY = {
@@ -23,12 +24,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["SHAPES", "shape_config", *_LAZY]
