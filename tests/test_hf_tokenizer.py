@@ -213,3 +213,22 @@ def test_load_tokenizer_gives_a_transformers_tokenizer(trained_tokenizer_dir):
                                    return_dict=False) == build_prompt(history, tok)
     assert tok.batch_decode([tok.encode("a b"), []]) == ["a b", ""]
     assert tok.hf.decode(tok.encode("  x\n")) == tok.decode(tok.encode("  x\n"))
+
+
+def test_a_model_that_cannot_convert_exactly_is_refused(tmp_path):
+    """A unigram model with NFKC normalization (not ChatGLM's settings) is refused, not converted approximately."""
+    import io
+
+    from sentencepiece import SentencePieceTrainer
+
+    from glmtune.hf_tokenizer import TokenizerExportError
+    from glmtune.tokenizer import ChatGLMTokenizer
+
+    buf = io.BytesIO()
+    SentencePieceTrainer.train(sentence_iterator=iter(["hello world", "你好 世界", "ＡＢＣ abc"] * 20), model_writer=buf,
+                               vocab_size=40, model_type="unigram", minloglevel=2, hard_vocab_limit=False)
+    (tmp_path / "tokenizer.model").write_bytes(buf.getvalue())
+    with pytest.raises(TokenizerExportError, match=r"tokenizer.model: cannot write an exact tokenizer.json: it is not "
+                                                   r"a BPE model; its normalizer.*--layout chatglm3"):
+        save_hf_tokenizer(ChatGLMTokenizer(tmp_path / "tokenizer.model"), tmp_path / "out")
+    assert not (tmp_path / "out" / "tokenizer.json").exists()

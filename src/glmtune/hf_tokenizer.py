@@ -31,9 +31,14 @@ import os
 from pathlib import Path
 
 from .data.chat_format import TOOLS_PROMPT
-from .tokenizer import SPECIAL_TOKENS, ChatGLMTokenizer, TokenizerError, load_tokenizer
+from .errors import GlmtuneError
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+class TokenizerExportError(GlmtuneError, ValueError):
+    """The SentencePiece model cannot be written as an exact ``tokenizer.json``."""
+
 _SPACE = "\u2581"  # SentencePiece's "▁"
 
 
@@ -94,7 +99,7 @@ def _check_convertible(model_file: Path) -> None:
     try:
         s = sp_model_settings(model_file)
     except (ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise TokenizerError(f"{model_file}: cannot read the SentencePiece model ({exc})") from None
+        raise TokenizerExportError(f"{model_file}: cannot read the SentencePiece model ({exc})") from None
     problems = []
     if s["model_type"] != 2:
         problems.append("it is not a BPE model")
@@ -103,7 +108,7 @@ def _check_convertible(model_file: Path) -> None:
     if any(len(p) > 1 for p in s["user_defined"]):
         problems.append("it has multi-character user-defined pieces")
     if problems:
-        raise TokenizerError(f"{model_file}: cannot write an exact tokenizer.json: {'; '.join(problems)}; "
+        raise TokenizerExportError(f"{model_file}: cannot write an exact tokenizer.json: {'; '.join(problems)}; "
                              "export with --layout chatglm3 (THUDM's tokenizer files) instead")
 
 
@@ -124,8 +129,8 @@ def _merges(vocab: dict[str, int], skip: set[str]) -> list[tuple[str, str]]:
     return merges
 
 
-def build_tokenizer_json(tok: ChatGLMTokenizer):
-    """A ``tokenizers.Tokenizer`` that encodes and decodes as ``tok`` (see the module docstring)."""
+def build_tokenizer_json(tok):
+    """A ``tokenizers.Tokenizer`` that encodes and decodes as ``tok``, a :class:`glmtune.tokenizer.ChatGLMTokenizer`."""
     # Deferred: tokenizers is only needed to export or to build the transformers tokenizer.
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
@@ -149,11 +154,12 @@ def build_tokenizer_json(tok: ChatGLMTokenizer):
     controls = [AddedToken(sp.id_to_piece(i), special=True, normalized=False)
                 for i in range(tok.sp_size) if sp.is_control(i) or sp.is_unknown(i)]
     # "sop"/"eop" are also common letters ("philosophy", "people"): only whole words are the tokens.
-    specials = [AddedToken(t, special=True, normalized=False, single_word=t.isalpha()) for t in SPECIAL_TOKENS]
+    names = list(tok.special_tokens)  # in id order, from tok.sp_size on
+    specials = [AddedToken(t, special=True, normalized=False, single_word=t.isalpha()) for t in names]
     hf.add_special_tokens(controls)
     hf.add_special_tokens(specials)
-    if hf.get_vocab_size() != tok.vocab_size or hf.token_to_id(SPECIAL_TOKENS[0]) != tok.sp_size:
-        raise TokenizerError(f"{tok.model_file}: special tokens did not land at ids {tok.sp_size}..; cannot export")
+    if hf.get_vocab_size() != tok.vocab_size or hf.token_to_id(names[0]) != tok.sp_size:
+        raise TokenizerExportError(f"{tok.model_file}: special tokens did not land at ids {tok.sp_size}..; cannot export")
     eos = sp.id_to_piece(tok.eos_token_id)
     prefix = [("[gMASK]", tok.get_command("[gMASK]")), ("sop", tok.get_command("sop")), (eos, tok.eos_token_id)]
     # As THUDM's build_inputs_with_special_tokens: [gMASK] sop first; a pair ends with eos.
@@ -162,7 +168,7 @@ def build_tokenizer_json(tok: ChatGLMTokenizer):
     return hf
 
 
-def tokenizer_config(tok: ChatGLMTokenizer) -> dict:
+def tokenizer_config(tok) -> dict:
     """``tokenizer_config.json`` for ``PreTrainedTokenizerFast`` (transformers 4.x and 5.x alike)."""
     sp = tok.sp
     return {
@@ -178,7 +184,7 @@ def tokenizer_config(tok: ChatGLMTokenizer) -> dict:
     }
 
 
-def save_hf_tokenizer(tok: ChatGLMTokenizer, out_dir: str | os.PathLike) -> list[str]:
+def save_hf_tokenizer(tok, out_dir: str | os.PathLike) -> list[str]:
     """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``out_dir``; returns the names written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,16 +194,15 @@ def save_hf_tokenizer(tok: ChatGLMTokenizer, out_dir: str | os.PathLike) -> list
     return list(HF_TOKENIZER_FILES)
 
 
-def load_hf_tokenizer(source: ChatGLMTokenizer | str | os.PathLike):
-    """A ``transformers.PreTrainedTokenizerFast`` equivalent to glmtune's tokenizer, built in memory.
+def load_hf_tokenizer(tok):
+    """A ``transformers.PreTrainedTokenizerFast`` equivalent to ``tok`` (a ChatGLMTokenizer), built in memory.
 
-    ``source`` is a :class:`ChatGLMTokenizer`, a model folder or a ``tokenizer.model`` file;
-    the result is what ``AutoTokenizer.from_pretrained`` gives on an export.
+    The result is what ``AutoTokenizer.from_pretrained`` gives on an export; ``ChatGLMTokenizer.hf``
+    holds one.
     """
     # Deferred: transformers is heavy and only this function needs it here.
     from transformers import PreTrainedTokenizerFast
 
-    tok = source if isinstance(source, ChatGLMTokenizer) else load_tokenizer(source)
     config = {k: v for k, v in tokenizer_config(tok).items() if k != "tokenizer_class"}
     return PreTrainedTokenizerFast(tokenizer_object=build_tokenizer_json(tok), **config)
 
