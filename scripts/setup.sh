@@ -17,5 +17,7 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   # shellcheck disable=SC2086
   "$VENV/bin/pip" install -q ${TORCH_SPEC:-torch==2.13.0}
 fi
-"$VENV/bin/pip" install -q -e ".[test]"
+# PIP_EXTRA: more requirement specs installed with glmtune (scripts/test-floor.sh pins the floor this way).
+# shellcheck disable=SC2086
+"$VENV/bin/pip" install -q -e ".[test]" ${PIP_EXTRA:-}
 "$VENV/bin/python" -c "import torch, glmtune; print(f'glmtune {glmtune.__version__} ready (torch {torch.__version__})')"

@@ -6,17 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv-floor}"
-PY="${PYTHON:-python3}"
 FLOOR="transformers==5.24.0 peft==0.18.0 accelerate==1.6.0"
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PY" -m venv --system-site-packages "$VENV"
-fi
-if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
-  # shellcheck disable=SC2086
-  "$VENV/bin/pip" install -q ${TORCH_SPEC:-torch==2.13.0}
-fi
-# shellcheck disable=SC2086
-"$VENV/bin/pip" install -q -e ".[test]" $FLOOR
+VENV="$VENV" PIP_EXTRA="$FLOOR" bash scripts/setup.sh
 "$VENV/bin/python" -c "import transformers, peft, accelerate; print('floor:', 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   tests/test_config.py tests/test_config_official.py tests/test_methods_lora.py tests/test_methods_ptuning.py \
