@@ -28,7 +28,7 @@ LABELS = IDS.masked_fill(MASK == 0, -100)
 
 
 def test_unknown_method_lists_known_ones():
-    with pytest.raises(MethodError, match="unknown fine-tuning method 'qlora'; known methods: lora, ptuning, freeze, full"):
+    with pytest.raises(MethodError, match="unknown fine-tuning method 'qlora'; .*known methods: lora, ptuning, freeze, full"):
         prepare(load_model("tiny", dtype="fp32"), "qlora")
 
 
@@ -172,3 +172,13 @@ def test_one_registry_drives_config_aliases_and_loading(tmp_path):
     code = ("import sys, glmtune.config.schema, glmtune.methods.catalog; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_unknown_method_name_gets_the_closest_name_hint():
+    from glmtune.config import ConfigError, load_config
+    from glmtune.methods import MethodError, get_method
+
+    with pytest.raises(MethodError, match=r"'ptunig'; did you mean 'ptuning'\? known methods: lora, ptuning"):
+        get_method("ptunig")
+    with pytest.raises(ConfigError, match=r"method.name 'lorra' is unknown; did you mean 'lora'\?"):
+        load_config({"model": {"path": "tiny"}}, ["method.name=lorra"], check_files=False)

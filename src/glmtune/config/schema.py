@@ -13,6 +13,7 @@ from typing import Literal
 from ..data.config import DataConfig
 from ..methods.catalog import ALIASES, METHODS as _REGISTRY
 from .official import check_extra_args
+from ..errors import closest
 from .parse import ConfigError
 
 # All derived from the method registry (glmtune.methods.catalog): names, config sections, aliases.
@@ -58,7 +59,8 @@ class _MethodConfigBase:
     def __post_init__(self):
         self.name = METHOD_ALIASES.get(self.name, self.name)
         if self.name not in METHOD_SECTIONS:
-            raise ConfigError(f"method.name {self.name!r} is unknown; known methods: {', '.join(METHODS)}")
+            raise ConfigError(f"method.name {self.name!r} is unknown; {closest(self.name, list(METHODS))}"
+                              f"known methods: {', '.join(METHODS)}")
         for method, section in METHOD_SECTIONS.items():
             value = getattr(self, section)
             if method != self.name and value != type(value)():

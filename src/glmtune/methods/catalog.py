@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from ..errors import closest
 from .errors import MethodError
 from .options import FreezeOptions, FullOptions, LoraOptions, PrefixOptions
 
@@ -91,7 +92,8 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[canonical_name(name)]
     except (KeyError, TypeError):
-        raise MethodError(f"unknown fine-tuning method {name!r}; known methods: {', '.join(METHODS)}") from None
+        raise MethodError(f"unknown fine-tuning method {name!r}; {closest(name, list(METHODS))}"
+                          f"known methods: {', '.join(METHODS)}") from None
 
 
 __all__ = ["ALIASES", "METHODS", "Method", "canonical_name", "get_method"]
