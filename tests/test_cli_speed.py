@@ -77,3 +77,18 @@ def test_unknown_config_key_is_reported_without_torch(tmp_path):
     assert got["status"] == 2
     assert "line 4" in got["err"] and "training.max_step" in got["err"] and "did you mean 'max_steps'" in got["err"]
     assert got["heavy"] == []
+
+
+def test_llamafactory_yaml_with_a_bad_value_is_reported_without_torch(tmp_path):
+    # Every key here is one glmtune knows, so no TrainingArguments field needs looking up (an unknown key
+    # such as ddp_timeout is still checked against transformers, which costs its import).
+    (tmp_path / "model").mkdir()
+    (tmp_path / "lf.yaml").write_text(
+        "model_name_or_path: model\nstage: sft\ndo_train: true\nfinetuning_type: lora\nlora_rank: 8\n"
+        "lora_target: all\ndataset: identity\ntemplate: chatglm3\ncutoff_len: 64\noutput_dir: saves/x\n"
+        "logging_steps: 1\nper_device_train_batch_size: 2\nlearning_rate: abc\nmax_steps: 2\n"
+        "lr_scheduler_type: cosine\nwarmup_ratio: 0.1\nbf16: false\nreport_to: none\n")
+    got = run_cli("train", "lf.yaml", cwd=tmp_path)
+    assert got["status"] == 2
+    assert got["err"].strip() == "glmtune: error: lf.yaml, line 13: training.learning_rate must be a number, got 'abc'"
+    assert got["heavy"] == []

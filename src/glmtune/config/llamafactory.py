@@ -230,11 +230,13 @@ HANDLED = {"stage", "finetuning_type", "template", *METHOD_KEYS, "dataset", "dat
 
 def _hf_training_args(args: dict, out: dict, source: Source, notes: list[str]) -> None:
     """Seq2SeqTrainingArguments fields, read as the official demo's ``training_args`` are."""
-    known = set(extra_args_fields()) | set(TRAINING_ARGS_MAP) | set(IGNORED_TRAINING_ARGS) | {
+    known = set(TRAINING_ARGS_MAP) | set(IGNORED_TRAINING_ARGS) | {
         "evaluation_strategy", "eval_strategy", "save_strategy", "generation_config", "generation_num_beams",
         "use_cpu", "bf16", "fp16", "tf32"}
     for key in args:
-        if key not in known:
+        # TrainingArguments' own fields are looked up only for a key glmtune does not know: importing
+        # transformers takes seconds, and a config error must come back at once.
+        if key not in known and key not in extra_args_fields():
             options = sorted(set(MARKERS) | set(DIRECT) | set(IGNORED) | HANDLED | set(TRAINING_ARGS_MAP))
             raise unknown_key(source.where(key), key, options, "LLaMA-Factory option glmtune can use",
                               "src/llamafactory/hparams (glmtune reads the options listed in the README)")

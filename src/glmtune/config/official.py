@@ -147,7 +147,6 @@ def _data_section(data: dict, out: dict, source: Source) -> None:
 
 
 def _training_args(args: dict, out: dict, source: Source) -> None:
-    hf_fields = extra_args_fields()
     if not isinstance(args, dict):
         raise ConfigError(f"{source.where('training_args')}: training_args must be a mapping of "
                           "Seq2SeqTrainingArguments fields")
@@ -177,7 +176,7 @@ def _training_args(args: dict, out: dict, source: Source) -> None:
         elif key in ("bf16", "fp16", "tf32"):
             if value and key != "tf32":
                 _set(out, "training.precision", key)
-        elif key in hf_fields:
+        elif key in (hf_fields := extra_args_fields()):  # only an unknown key costs the transformers import
             out.setdefault("training", {}).setdefault("extra_args", {})[key] = value
         else:
             raise unknown_key(where, f"training_args.{key}", hf_fields + ["evaluation_strategy"],
