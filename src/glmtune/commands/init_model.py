@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..version import __version__
+from ..errors import UserError
+from ..export_folder import StagedExport, check_out_dir
+from ..models import SHAPES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init-model", help="write a randomly initialised model folder",
@@ -15,29 +20,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=("native", "chatglm3"), default="native")
     p.add_argument("--dtype", default="bf16", help="storage dtype: bf16, fp16 or fp32 (default bf16)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty folder, replacing only files a previous glmtune init-model or "
+                        "export wrote there (listed in its glmtune_export.json); other files are never touched")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..errors import UserError
-    from ..models import SHAPES, load_model, resolve_dtype, save_model, write_generation_config
+    # deferred: these import torch; `glmtune init-model --help` stays fast
+    from ..models import load_model, resolve_dtype, save_model, write_generation_config
     from ..tokenizer import load_tokenizer
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise UserError(f"{out}: folder is not empty; choose another --out or pass --force")
+    # --force replaces only files a glmtune manifest lists: a user's own files in --out are never touched.
+    check_out_dir(out, force=args.force, inputs={"--tokenizer": Path(args.tokenizer)})
     if args.shape not in SHAPES:
         raise UserError(f"unknown shape {args.shape!r}; known shapes: {', '.join(SHAPES)}")
     tok = load_tokenizer(args.tokenizer)
     shape_vocab = SHAPES[args.shape]["padded_vocab_size"]
     vocab = shape_vocab if tok.vocab_size <= shape_vocab else tok.vocab_size
     model = load_model(args.shape, dtype=resolve_dtype(args.dtype, "cpu", None), vocab_size=vocab, seed=args.seed)
-    save_model(model, out, layout=args.layout)
-    tok.save_pretrained(out)
-    write_generation_config(out, tok)
+    provenance = {"glmtune_version": __version__, "kind": "init-model", "shape": args.shape, "layout": args.layout}
+    with StagedExport(out, provenance) as stage:
+        save_model(model, stage.path, layout=args.layout)
+        tok.save_pretrained(stage.path)
+        write_generation_config(stage.path, tok)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.shape} ({n / 1e6:.1f}M parameters, {args.layout} layout) to {out}")
     return 0
