@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+import json
+from dataclasses import asdict
+
+from ..data.chat_format import build_prompt, prompt_history
+from ..data.config import DataConfig
+from ..data.encode import encode_sample
+from ..data.errors import DataError
+from ..data.process import load_conversations, merge_processed, process_source
+from ..data.readers import data_files
+from ..data.registry import Source, default_registry, registry_sources
+from ..errors import UserError
 
 
 def _common(p: argparse.ArgumentParser, lengths_default: int | None) -> None:
@@ -59,8 +71,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _columns(text: str) -> dict[str, str]:
-    from ..data.errors import DataError
-
     out = {}
     for part in filter(None, (x.strip() for x in text.split(","))):
         src, eq, dst = part.partition("=")
@@ -71,8 +81,6 @@ def _columns(text: str) -> dict[str, str]:
 
 
 def _config(args: argparse.Namespace, **extra):
-    from ..data.config import DataConfig
-
     return DataConfig(format=args.format, columns=_columns(args.columns), max_input_length=args.max_input_length,
                       max_output_length=args.max_output_length, max_seq_length=args.max_seq_length,
                       cache=False, **extra)
@@ -80,9 +88,6 @@ def _config(args: argparse.Namespace, **extra):
 
 def _one_file(path: str):
     """The file ``path`` names: itself, or the only data file of a folder (else an error naming the choices)."""
-    from ..data.errors import DataError
-    from ..data.readers import data_files
-
     files = data_files(path)
     if len(files) > 1:
         shown = ", ".join(str(f) for f in files)
@@ -92,9 +97,8 @@ def _one_file(path: str):
 
 def _tokenizer(model: str):
     """The tokenizer of ``--model``; a path that does not exist (e.g. a hub id) gets the no-download advice."""
-    from pathlib import Path
 
-    from ..errors import UserError
+    # deferred: imports torch; `--help` stays fast
     from ..infer.loading import hub_id_hint
     from ..tokenizer import load_tokenizer
 
@@ -107,8 +111,6 @@ def _tokenizer(model: str):
 
 def _load(args: argparse.Namespace, path: str, prompt: bool = False):
     """(config, tokenizer, converted records, problems) of one input file (or a folder holding one)."""
-    from ..data.process import load_conversations
-
     cfg = _config(args)
     tok = _tokenizer(args.model)
     return cfg, tok, *load_conversations(_one_file(path), cfg, prompt=prompt)
@@ -120,24 +122,14 @@ def _print_problems(problems) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    import json
-
-    from ..data.process import merge_processed, process_source
-    from ..data.readers import data_files
-    from ..data.registry import Source
-
     cfg, tok = _config(args), _tokenizer(args.model)
     sources = [Source(f) for name in args.inputs for f in data_files(name)] + _dataset_sources(args)
     if not sources:
-        from ..errors import UserError
-
         raise UserError("glmtune data check needs data files or --dataset NAME[,NAME...]")
     result = merge_processed([process_source(source, cfg, tok) for source in sources])
     _print_problems(sorted(result.problems + result.warnings, key=lambda p: (p.file, p.line or 0)))
     report = result.report
     if args.json:
-        from dataclasses import asdict
-
         print(json.dumps({**asdict(report), "invalid": len(result.problems)}, ensure_ascii=False, indent=2))
         # (warnings are counted by kind in the report's "warnings")
     else:
@@ -154,9 +146,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def _dataset_sources(args: argparse.Namespace) -> list:
     """Sources of ``--dataset`` names: from --registry, else DATASET_DIR/dataset_info.json, else bundled."""
-    from pathlib import Path
 
-    from ..data.registry import default_registry, registry_sources
 
     if not args.dataset:
         return []
@@ -166,8 +156,6 @@ def _dataset_sources(args: argparse.Namespace) -> list:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from ..data.encode import encode_sample
-
     cfg, tok, convs, problems = _load(args, args.input)
     _print_problems(problems)
     for conv in convs[: args.n]:
@@ -181,27 +169,20 @@ def run_preview(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _refuse_input_as_output(output: str, inputs: list[str]) -> None:
+def _refuse_input_as_output(output: str, inputs: list[str], option: str = "-o") -> None:
     """An output path that is one of the inputs (after symlinks) would destroy the user's data: refuse it."""
-    from pathlib import Path
 
-    from ..errors import UserError
 
     target = Path(output).expanduser().resolve()
     for name in inputs:
         path = Path(name).expanduser()
         for f in [path] + (sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []):
             if f.resolve() == target or (target.exists() and f.exists() and target.samefile(f)):
-                raise UserError(f"-o {output}: is the input {name}; writing there would overwrite your data "
+                raise UserError(f"{option} {output}: is the input {name}; writing there would overwrite your data "
                                 "(fix: choose another output file)")
 
 
 def run_encode(args: argparse.Namespace) -> int:
-    import json
-
-    from ..data.chat_format import build_prompt, prompt_history
-    from ..data.encode import encode_sample
-
     if args.output != "-":
         _refuse_input_as_output(args.output, [args.input, args.model])
     cfg, tok, convs, problems = _load(args, args.input, prompt=args.for_generation)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+import json
+import sys
+
+from ..data.config import DataConfig
+from ..data.process import load_conversations
+from ..errors import UserError
+from .chat import add_model_arguments
+from .data import _columns, _refuse_input_as_output
+
+RESULT_FILES = ("predictions.jsonl", "metrics.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .chat import add_model_arguments
-
     p = sub.add_parser("eval", help="generate on a dataset and score ROUGE-1/2/L and BLEU-4",
                        description="Generate a reply for every assistant turn of a dataset (left-padded batches, "
                                    "greedy by default) and score it as the training evaluation does. Writes "
@@ -25,18 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), as the official evaluation")
     p.add_argument("--top-p", dest="top_p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None, help="folder for predictions.jsonl and metrics.json (default: print only)")
+    p.add_argument("--out", default=None, help="folder for predictions.jsonl and metrics.json (default: print only); "
+                                               "existing result files there are not overwritten unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="replace predictions.jsonl and metrics.json in --out (nothing else there is touched)")
     p.set_defaults(func=run)
 
 
 def load_dataset(path, fmt: str, columns: str = ""):
-    from pathlib import Path
-
-    from ..errors import UserError
-    from ..data.process import load_conversations
-    from ..data.config import DataConfig
-    from .data import _columns  # the one parser of --columns, shared with glmtune data
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: dataset file not found")
@@ -50,14 +55,25 @@ def load_dataset(path, fmt: str, columns: str = ""):
     return conversations
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    from pathlib import Path
+def check_out(args: argparse.Namespace) -> None:
+    """Refuse results that would overwrite an input (even with --force) or earlier results (without it)."""
+    out = Path(args.out)
+    inputs = [p for p in (args.data, args.model, args.adapter, args.prefix, args.tokenizer) if p]
+    for name in RESULT_FILES:
+        _refuse_input_as_output(str(out / name), inputs, option="--out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder; choose a folder for the results")
+    existing = [name for name in RESULT_FILES if (out / name).exists() or (out / name).is_symlink()]
+    if existing and not args.force:
+        raise UserError(f"--out {out}: {existing[0]} already exists; choose another --out or pass --force to "
+                        f"replace {' and '.join(RESULT_FILES)} there")
 
+
+def run(args: argparse.Namespace) -> int:
+    # deferred: tqdm.auto is slow to import; only a shown bar needs it; `--help` stays fast
     from tqdm.auto import tqdm
 
-    from ..errors import UserError
+    # deferred: imports torch; `--help` stays fast
     from ..infer.evaluate import EvalSettings, build_samples, evaluate, settings_dict, write_results
     from ..infer.loading import load_for_inference
 
@@ -67,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
                                 temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if args.out:
+        check_out(args)
     conversations = load_dataset(args.data, args.format, args.columns)
     model, tok = load_for_inference(args.model, adapter=args.adapter, prefix=args.prefix, tokenizer=args.tokenizer,
                                     dtype=args.dtype, device=args.device)

@@ -11,12 +11,15 @@ official demo keeps the first ones, which can cut the question itself off).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data.chat_format import build_prompt, parse_reply, render_tool_call
 from ..data.messages import Conversation, Message
+from ..metrics import compute_metrics, sample_scores
+from .generation import generate_batch
 
 
 @dataclass
@@ -103,8 +106,6 @@ def generate_all(model, tokenizer, samples: list[EvalSample], settings: EvalSett
     ``should_stop`` is asked before every generated token; True raises
     ``glmtune.infer.generation.GenerationStopped`` (the evaluation is abandoned).
     """
-    from .generation import generate_batch
-
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt))
     raws: list[str | None] = [None] * len(samples)
     for start in range(0, len(order), settings.batch_size):
@@ -123,8 +124,6 @@ def generate_all(model, tokenizer, samples: list[EvalSample], settings: EvalSett
 def evaluate(model, tokenizer, conversations: list[Conversation], settings: EvalSettings,
              progress: Callable[[int], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> EvalResult:
-    from ..metrics import compute_metrics, sample_scores
-
     samples = build_samples(conversations, tokenizer, settings)
     raws = generate_all(model, tokenizer, samples, settings, progress, should_stop)
     preds = [prediction_text(r) for r in raws]
@@ -139,13 +138,18 @@ def evaluate(model, tokenizer, conversations: list[Conversation], settings: Eval
 def write_results(result: EvalResult, out_dir: Path, info: dict) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path, metrics_path = out_dir / "predictions.jsonl", out_dir / "metrics.json"
-    with pred_path.open("w", encoding="utf-8") as f:
-        for row in result.predictions:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     summary = {**result.metrics, "num_samples": result.num_samples,
                "num_conversations": result.num_conversations, **info}
-    metrics_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    _replace_file(pred_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.predictions))
+    _replace_file(metrics_path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return pred_path, metrics_path
+
+
+def _replace_file(path: Path, text: str) -> None:
+    # Written beside it and renamed over it: a symlink at ``path`` is replaced, never written through.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def settings_dict(settings: EvalSettings) -> dict:
