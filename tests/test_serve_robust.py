@@ -61,6 +61,24 @@ HI = [{"role": "user", "content": "ping"}]
     (json.dumps({"messages": HI, "max_tokens": 0}).encode(), "max_tokens", ">= 1"),
     (json.dumps({"messages": HI, "stream_options": 5}).encode(), "stream_options", "must be an object"),
     (json.dumps({"messages": HI, "stream": "yes"}).encode(), "stream", "true or false"),
+    (json.dumps({"messages": HI, "stop": 5}).encode(), "stop", "a string or a list of strings"),
+    (json.dumps({"messages": HI, "stop": ["ok", 5]}).encode(), "stop", "a string or a list of strings"),
+    (json.dumps({"messages": HI, "stop": "\n"}).encode(), "stop", "not supported"),
+    (json.dumps({"messages": HI, "tool_choice": 5}).encode(), "tool_choice", "must be \"none\", \"auto\""),
+    (json.dumps({"messages": HI, "tool_choice": "required"}).encode(), "tool_choice", "not supported"),
+    (b'{"messages": [{"role": "user", "content": "ping"}], "frequency_penalty": NaN}', "frequency_penalty", "finite"),
+    (json.dumps({"messages": HI, "presence_penalty": 3}).encode(), "presence_penalty", "between -2 and 2"),
+    (json.dumps({"messages": HI, "presence_penalty": 0.5}).encode(), "presence_penalty", "not supported"),
+    (json.dumps({"messages": HI, "repetition_penalty": 0}).encode(), "repetition_penalty", "> 0"),
+    (json.dumps({"messages": HI, "repetition_penalty": -1}).encode(), "repetition_penalty", "> 0"),
+    (b'{"messages": [{"role": "user", "content": "ping"}], "repetition_penalty": Infinity}', "repetition_penalty",
+     "finite"),
+    (json.dumps({"messages": HI, "top_k": -1}).encode(), "top_k", ">= 0"),
+    (json.dumps({"messages": HI, "logprobs": True}).encode(), "logprobs", "not supported"),
+    (json.dumps({"messages": HI, "top_logprobs": 3}).encode(), "top_logprobs", "not supported"),
+    (json.dumps({"messages": HI, "response_format": {"type": "json_object"}}).encode(), "response_format",
+     "not supported"),
+    (json.dumps({"messages": HI, "n": 2}).encode(), "n", "only n=1"),
     (b'{"messages": [{"role": "user", "content": "bad \\ud800 text"}]}', None, "not valid UTF-8"),
     (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "nested too deeply"),
 ])
@@ -70,6 +88,14 @@ def test_bad_values_get_openai_shaped_400(address, body, param, fragment):
     error = data["error"]
     assert fragment in error["message"] and error["type"] == "invalid_request_error" and error["param"] == param
     assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_supported_option_values_still_answered(address):
+    body = {"messages": [{"role": "user", "content": "who are you"}], "stop": [], "tool_choice": "auto",
+            "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "response_format": {"type": "text"},
+            "n": 1, "repetition_penalty": 1.0, "top_k": 0}
+    status, data = raw_request(address, json.dumps(body).encode())
+    assert status == 200 and data["choices"][0]["message"]["content"]
 
 
 @pytest.mark.parametrize("length", ["-5", "abc", "1e3", ""])

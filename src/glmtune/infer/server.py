@@ -73,8 +73,8 @@ def sampling_from_request(body: dict, defaults: SamplingConfig) -> SamplingConfi
             # 0 is greedy; a negative temperature is a mistake, not a request for greedy decoding.
             temperature=_number(body, "temperature", float, defaults.temperature, minimum=0),
             top_p=_number(body, "top_p", float, defaults.top_p),
-            top_k=defaults.top_k,
-            repetition_penalty=defaults.repetition_penalty,
+            top_k=_number(body, "top_k", int, defaults.top_k, minimum=0),
+            repetition_penalty=_repetition_penalty(body, defaults.repetition_penalty),
             seed=_number(body, "seed", int, defaults.seed, minimum=0, maximum=MAX_SEED))
     except RequestError:
         raise
@@ -82,8 +82,67 @@ def sampling_from_request(body: dict, defaults: SamplingConfig) -> SamplingConfi
         raise RequestError(str(exc)) from None
 
 
+def _repetition_penalty(body: dict, default: float) -> float:
+    value = _number(body, "repetition_penalty", float, default)
+    if value <= 0:
+        raise RequestError(f"'repetition_penalty' must be > 0 (1 disables it), got {json.dumps(value)}",
+                           "repetition_penalty")
+    return value
+
+
+def _check_stop(body: dict) -> None:
+    stop = body.get("stop")
+    if stop is None:
+        return
+    if not isinstance(stop, (str, list)) or (isinstance(stop, list) and not all(isinstance(s, str) for s in stop)):
+        raise RequestError(f"'stop' must be a string or a list of strings, got {json.dumps(stop)}", "stop")
+    if any(stop if isinstance(stop, list) else [stop]):
+        raise RequestError("'stop' sequences are not supported: a reply ends at the model's own end-of-turn "
+                           "token; leave 'stop' out (or cut the text client-side)", "stop")
+
+
+def _check_tool_choice(body: dict) -> None:
+    choice = body.get("tool_choice")
+    if choice is None:
+        return
+    named = (isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict)
+             and isinstance(choice["function"].get("name"), str))
+    if choice not in ("none", "auto", "required") and not named:
+        raise RequestError("'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", "
+                           f"\"function\": {{\"name\": ...}}}}, got {json.dumps(choice)}", "tool_choice")
+    # The model itself decides whether to call a tool: that is "auto" (and "none" when no tools are given).
+    if choice != "auto" and not (choice == "none" and not body.get("tools")):
+        raise RequestError(f"'tool_choice' {json.dumps(choice)} is not supported: the model decides by itself whether "
+                           "to call one of the tools (as \"auto\"); send \"auto\" or leave tool_choice out",
+                           "tool_choice")
+
+
+def check_unsupported(body: dict) -> None:
+    """OpenAI options glmtune cannot honour: refused (400), never silently ignored."""
+    for key in ("frequency_penalty", "presence_penalty"):
+        if _number(body, key, float, 0.0, minimum=-2, maximum=2) != 0:
+            raise RequestError(f"'{key}' is not supported (only 0); use 'repetition_penalty' (> 0, 1 = off) "
+                               "to discourage repeats", key)
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise RequestError(f"'logprobs' must be true or false, got {json.dumps(logprobs)}", "logprobs")
+    for key in ("logprobs", "top_logprobs"):
+        if body.get(key) not in (None, False):
+            raise RequestError(f"'{key}' is not supported: glmtune does not return token log probabilities", key)
+    fmt = body.get("response_format")
+    if fmt is not None and fmt != {"type": "text"}:
+        if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+            raise RequestError(f"'response_format' must be an object such as {{\"type\": \"text\"}}, got "
+                               f"{json.dumps(fmt)}", "response_format")
+        raise RequestError(f"'response_format' {json.dumps(fmt)} is not supported: replies are plain text "
+                           "({\"type\": \"text\"})", "response_format")
+
+
 def check_request(body: dict) -> None:
-    """The options other than messages and sampling: types the handler relies on."""
+    """The options other than messages and sampling: types the handler relies on, and options refused."""
+    _check_stop(body)
+    _check_tool_choice(body)
+    check_unsupported(body)
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
         raise RequestError(f"'stream' must be true or false, got {json.dumps(body['stream'])}", "stream")
     options = body.get("stream_options")
