@@ -98,6 +98,16 @@ def test_supported_option_values_still_answered(address):
     assert status == 200 and data["choices"][0]["message"]["content"]
 
 
+def test_request_repetition_penalty_is_applied(address):
+    def answer(**extra):
+        body = {"messages": [{"role": "user", "content": "who are you"}], **extra}
+        status, data = raw_request(address, json.dumps(body).encode())
+        assert status == 200
+        return data["choices"][0]["message"]["content"]
+
+    assert answer(repetition_penalty=50.0) != answer() == answer(repetition_penalty=1.0)
+
+
 @pytest.mark.parametrize("length", ["-5", "abc", "1e3", ""])
 def test_bad_content_length_gets_400(address, length):
     body = json.dumps({"messages": HI}).encode()
