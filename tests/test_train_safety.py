@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,17 +29,73 @@ FAST = {"training.max_steps": 2, "training.save_steps": 2}
 # -- overwrite ----------------------------------------------------------------------------------------
 def test_overwrite_removes_only_what_the_run_wrote(workdir, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    (out / "test").mkdir()  # the user's own folder with a name a run also uses
-    (out / "test" / "case.txt").write_text("mine too")
     run_training(_cfg(workdir, out, **FAST), quiet=True)
     assert (out / "checkpoint-2").is_dir() and (out / "final").is_dir()
+    (out / "notes.txt").write_text("mine")  # the user's file beside the run's
     run_training(_cfg(workdir, out, **{**FAST, "training.max_steps": 1, "training.save_steps": 1,
                                        "output.if_exists": "overwrite"}), quiet=True)
-    assert (out / "notes.txt").read_text() == "mine" and (out / "test" / "case.txt").read_text() == "mine too"
+    assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]  # the old run's are gone
     assert [s for s, _ in _losses(out)] == [1]
+
+
+@pytest.mark.parametrize("if_exists", ["refuse", "overwrite", "resume"])
+def test_a_non_empty_folder_that_is_no_glmtune_run_is_never_written(workdir, tmp_path, if_exists):
+    out = tmp_path / "mine"
+    out.mkdir()
+    mine = {"config.yaml": "my: config\n", "trainer_log.jsonl": '{"mine": 1}\n', "loss.png": "png",
+            "data_report.json": "{}"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    with pytest.raises(ConfigError, match=r"not a glmtune run folder.*config\.yaml.*new or empty output\.dir"):
+        run_training(_cfg(workdir, out, **{**FAST, "output.if_exists": if_exists}), quiet=True)
+    assert {p.name: p.read_text() for p in out.iterdir()} == mine  # no lock file left behind either
+
+
+def test_a_refused_run_folder_gets_no_lock_file(workdir, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="notes.txt"):
+        run_training(_cfg(workdir, out, **FAST), quiet=True)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_never_removes_the_config_file_being_run(workdir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run_training(_cfg(workdir, out, **FAST), quiet=True)
+    recorded = (out / "config.yaml").read_bytes()
+    monkeypatch.chdir(workdir)
+    from glmtune.cli import main
+
+    code = main(["train", str(out / "config.yaml"), "output.if_exists=overwrite", "--quiet"])
+    assert code != 0
+    assert (out / "config.yaml").read_bytes() == recorded and (out / "checkpoint-2").is_dir()
+
+
+def test_overwrite_keeps_user_files_inside_run_folders(workdir, tmp_path):
+    out = tmp_path / "run"
+    run_training(_cfg(workdir, out, **FAST), quiet=True)
+    (out / "final" / "mynote.txt").write_text("mine")
+    before = sorted(p.name for p in (out / "final").iterdir())
+    with pytest.raises(ConfigError, match=r"final/mynote\.txt.*nothing was deleted"):
+        run_training(_cfg(workdir, out, **{**FAST, "output.if_exists": "overwrite"}), quiet=True)
+    assert (out / "final" / "mynote.txt").read_text() == "mine"
+    assert sorted(p.name for p in (out / "final").iterdir()) == before and (out / "checkpoint-2").is_dir()
+
+
+def test_a_legacy_run_without_manifest_is_resumable_but_never_overwritten(tmp_path):
+    from glmtune.train import layout
+
+    old = tmp_path / "old"
+    (old / "checkpoint-2").mkdir(parents=True)
+    (old / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (old / "config.yaml").write_text("x: 1\n")
+    assert layout.run_artifacts(old) == []
+    assert layout.prepare_output(old, "resume", None) == old / "checkpoint-2"
+    with pytest.raises(ConfigError, match="older glmtune"):
+        layout.prepare_output(old, "overwrite", None)
+    assert (old / "config.yaml").is_file() and (old / "checkpoint-2" / "trainer_state.json").is_file()
 
 
 @pytest.mark.parametrize("where", ["data", "cwd"])
@@ -75,7 +132,7 @@ def test_quickstart_replaces_only_its_own_files(tmp_path, monkeypatch):
 
 def test_a_new_run_never_claims_eval_loss_png_it_no_longer_writes(tmp_path):
     """loss.png holds the eval loss now: a user's eval_loss.png in a run folder survives an overwrite,
-    while a run from before the manifest (which wrote eval_loss.png) still has it removed."""
+    and without a manifest nothing at all is glmtune's to remove."""
     from glmtune.config.doc import describe_config
     from glmtune.train import layout
 
@@ -88,7 +145,7 @@ def test_a_new_run_never_claims_eval_loss_png_it_no_longer_writes(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     (old / "eval_loss.png").write_bytes(b"x")
-    assert [p.name for p in layout.run_artifacts(old)] == ["eval_loss.png"]
+    assert layout.run_artifacts(old) == []
     # The texts that describe a run folder name only what a run writes.
     assert "eval_loss.png" not in layout.__doc__ and "eval_loss.png" not in describe_config()
     assert "loss.png" in describe_config()
@@ -138,6 +195,27 @@ def test_resume_with_changed_options_is_refused_and_config_kept(workdir, tmp_pat
     assert result.global_step == 4
     assert (out / "config.yaml").read_bytes() == recorded
     assert "learning_rate: 0.02" in (out / "config-resume-2.yaml").read_text()
+
+
+def test_resume_with_changed_data_is_refused_naming_the_file(workdir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_bytes((workdir / "train.jsonl").read_bytes())
+    out = tmp_path / "out"
+    over = {**FAST, "training.max_steps": 4, "data.data_dir": str(data)}
+    run_training(_cfg(workdir, out, **over), quiet=True)
+    shutil.rmtree(out / "checkpoint-4")  # as if stopped after step 2
+    assert json.loads((out / "data_files.json").read_text())["train.jsonl"]["size"] > 0
+    first = (data / "train.jsonl").read_text().splitlines()[0]
+    with (data / "train.jsonl").open("a") as fh:
+        fh.write(first + "\n")  # same path, one more record
+    resume = {**over, "training.resume": "yes"}
+    with pytest.raises(ConfigError, match=r"data changed.*train\.jsonl.*resume_allow_changes"):
+        run_training(_cfg(workdir, out, **resume), quiet=True)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    result = run_training(_cfg(workdir, out, **{**resume, "training.resume_allow_changes": "true"}), quiet=True)
+    assert result.global_step == 4
+    assert (out / "data-resume-2.json").is_file()
 
 
 def test_resume_of_a_finished_run_does_nothing(workdir, tmp_path, capsys):

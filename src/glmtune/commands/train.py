@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import TrainingError, describe, run_training
 
     try:
-        result = run_training(cfg, quiet=args.quiet)
+        result = run_training(cfg, quiet=args.quiet, config_file=Path(config))
     except TrainingError as exc:
         print(f"glmtune: training stopped: {exc}", file=sys.stderr)
         return 1

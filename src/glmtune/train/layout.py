@@ -1,7 +1,6 @@
 """The run folder, what it holds, and the rules for an existing one.
 
 ``OUTPUT/`` (``output.dir``, the official ``training_args.output_dir``)::
-
     config.yaml            the resolved config: every option, defaults included
     data_report.json       what the data step kept, cut and skipped (glmtune.data)
     trainer_log.jsonl      one JSON line per log event: step, epoch, loss, learning_rate,
@@ -17,7 +16,9 @@
     test/                  predictions.jsonl and metrics.json on the test set after training
     loss.png               raw and smoothed training loss, eval loss and learning rate (matplotlib)
     runs/                  TensorBoard event files (when tensorboard is installed)
-    config-resume-N.yaml   the options of a resume from step N that changed them (training.resume_allow_changes)
+    data_files.json        size and sha256 of each data file at the start (a resume refuses changed data)
+    config-resume-N.yaml   the options of a resume from step N that changed them (training.resume_allow_changes);
+                           data-resume-N.json the data files' fingerprints of such a resume
     .glmtune-run.json      the entries a run created here (what output.if_exists=overwrite may remove)
     .glmtune.lock          locked (flock) while a process writes the run
 
@@ -28,10 +29,11 @@ and the next save removes. An existing run is never silently overwritten:
 ``output.if_exists`` says refuse (default), resume or overwrite.
 
 Overwrite removes only what glmtune wrote: ``.glmtune-run.json`` lists the
-entries of the folder a run created (a name that existed before, say the
-user's own ``test/``, is never claimed), plus ``checkpoint-N``/``.tmp-*``
-folders. A folder that is, or contains, the working folder, a data file or the
-model folder is refused for overwrite. ``.glmtune.lock`` is held (``flock``)
+entries of the folder a run created, plus ``checkpoint-N``/``.tmp-*`` folders;
+a file inside them that glmtune does not write (a note in ``final/``) makes the
+overwrite refuse, deleting nothing. A non-empty folder without the manifest is
+not written into at all. A folder that is, or contains, the working folder, the
+config file being run, a data file or the model folder is refused for overwrite. ``.glmtune.lock`` is held (``flock``)
 by the process writing the run; the kernel drops it when that process dies.
 """
 
@@ -55,12 +57,16 @@ FINAL_DIR = "final"
 MANIFEST = ".glmtune-run.json"
 LOCK_FILE = ".glmtune.lock"
 # Every top-level name a run may create (checkpoint-N and .tmp-* are matched by pattern).
+DATA_FILES = "data_files.json"
 RUN_NAMES = ("config.yaml", "data_report.json", LOG_FILE, FINAL_DIR, "eval", "test", "runs", "loss.png",
-             LOCK_FILE, MANIFEST)
-# Written by runs from before the manifest (loss.png now draws the eval loss too): an overwrite of such a
-# run still removes it; a new run never claims the name.
-LEGACY_RUN_NAMES = ("eval_loss.png",)
-RESUMED_CONFIG_RE = re.compile(r"^config-resume-\d+\.yaml$")
+             LOCK_FILE, MANIFEST, DATA_FILES)
+RESUMED_CONFIG_RE = re.compile(r"^(config-resume-\d+\.yaml|data-resume-\d+\.json)$")
+# What glmtune itself writes inside its folders (final/, checkpoint-N/, eval/, test/, runs/): weights,
+# optimizer/scheduler/rng state, tokenizer and remote-code files, configs, predictions, metrics, events.
+# Anything else there is the user's, and an overwrite refuses rather than delete it.
+OWN_FILE_RE = re.compile(
+    r"^(.*\.(safetensors|json|jsonl|pt|pth|bin|model|jinja|tiktoken|py)|merges\.txt|vocab\.txt|README\.md"
+    r"|events\.out\.tfevents\..*)$")
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -143,10 +149,13 @@ def claim_run_names(output_dir: Path) -> None:
 
 
 def run_artifacts(output_dir: Path) -> list[Path]:
-    """What an overwrite may remove: entries glmtune created (manifest), checkpoints, partial saves."""
+    """What an overwrite may remove: entries glmtune created (manifest), checkpoints, partial saves.
+
+    Without a manifest nothing is glmtune's to remove (a legacy run is refused by :func:`check_owned`).
+    """
     claimed = _claimed(output_dir)
-    if not claimed:  # a run from before the manifest: only names no user would pick for their own files
-        claimed = set(RUN_NAMES + LEGACY_RUN_NAMES) - {"eval", "test", "runs"}
+    if not claimed:
+        return []
     found = []
     for child in output_dir.iterdir():
         name = child.name
@@ -156,8 +165,51 @@ def run_artifacts(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name == MANIFEST)  # the manifest last: an interrupted removal can go on
 
 
+def foreign_files(output_dir: Path) -> list[Path]:
+    """Files inside the run's own folders that glmtune does not write (the user's, put there later)."""
+    found = []
+    for path in run_artifacts(output_dir):
+        if path.is_dir() and not path.is_symlink():
+            for root, _, files in os.walk(path):
+                found += [Path(root, n) for n in files if not OWN_FILE_RE.match(n)]
+    return sorted(found)
+
+
+def _few(paths: list, base: Path) -> str:
+    names = [str(Path(p).relative_to(base)) if Path(p).is_absolute() else str(p) for p in paths]
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def check_owned(output_dir: Path, if_exists: str) -> None:
+    """Refuse a non-empty folder glmtune did not create a run in (no ``.glmtune-run.json``).
+
+    Writing there would overwrite the user's own ``config.yaml``, ``loss.png``, ... . A run from
+    before the manifest (``checkpoint-N`` folders holding ``trainer_state.json``) may be resumed or
+    refused, but not overwritten: nothing says which of its files are glmtune's.
+    """
+    if not output_dir.is_dir() or (output_dir / MANIFEST).is_file():
+        return
+    entries = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK_FILE)
+    if not entries:
+        return
+    if checkpoints(output_dir):
+        if if_exists == "overwrite":
+            raise ConfigError(f"output.dir {output_dir} holds a run of an older glmtune (no {MANIFEST}), so "
+                              "output.if_exists=overwrite cannot tell its files from yours; delete it yourself, "
+                              "resume it with training.resume=yes, or choose a new, empty output.dir")
+        return
+    raise ConfigError(f"output.dir {output_dir} is not empty and is not a glmtune run folder (it holds "
+                      f"{_few(entries, output_dir)}); glmtune does not write into other folders, so nothing "
+                      "was changed. Choose a new or empty output.dir, e.g. output.dir=runs/NAME")
+
+
 def remove_run(output_dir: Path) -> None:
     """Delete a previous run's artifacts, never anything else in the folder (nor the lock we hold)."""
+    foreign = foreign_files(output_dir)
+    if foreign:
+        raise ConfigError(f"output.if_exists=overwrite: {output_dir} holds files glmtune did not write inside "
+                          f"its run folders ({_few(foreign, output_dir)}); nothing was deleted. Move them out, "
+                          "or choose a new output.dir")
     for path in run_artifacts(output_dir):
         if path.name == LOCK_FILE:
             continue
@@ -180,6 +232,7 @@ def check_overwrite_target(output_dir: Path, protected: dict[str, Path]) -> None
 
 def prepare_output(output_dir: Path, if_exists: str, resume: str | None) -> Path | None:
     """Apply the existing-run policy; return the checkpoint to resume from (or None)."""
+    check_owned(output_dir, if_exists)
     if resume is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_partial(output_dir)
@@ -210,6 +263,7 @@ def lock_output(output_dir: Path) -> int:
     """
     import fcntl  # POSIX only; imported here so the module still imports elsewhere
 
+    check_owned(output_dir, "refuse")  # before the lock file: a refused folder stays as it was
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)

@@ -11,13 +11,14 @@ says it is deliberate; then the new config is recorded beside the old one as
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import yaml
 
 from ..config import ConfigError, TrainConfig, config_to_dict, save_config
-from .layout import STATE_FILE
+from .layout import DATA_FILES, STATE_FILE
 
 # Options that change how a run is watched or where it runs, not what it trains.
 FREE_TO_CHANGE = (
@@ -66,6 +67,51 @@ def check_resume_config(cfg: TrainConfig, checkpoint: Path, write: bool) -> list
     if write:
         save_config(cfg, checkpoint.parent / f"config-resume-{checkpoint_step(checkpoint)}.yaml")
     return changes
+
+
+def data_fingerprints(cfg: TrainConfig) -> dict[str, dict]:
+    """Size and sha256 of every local data file of the run (hub datasets have none)."""
+    base = Path(cfg.data.data_dir or ".")
+    names = [cfg.data.train_file, cfg.data.val_file, cfg.data.test_file, *cfg.data.train_files]
+    found = {}
+    for name in dict.fromkeys(n for n in names if n):
+        path = base / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            found[str(name)] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return found
+
+
+def record_data_files(cfg: TrainConfig, output_dir: Path) -> None:
+    """Write ``data_files.json``: what a later resume checks the data against."""
+    (output_dir / DATA_FILES).write_text(json.dumps(data_fingerprints(cfg), indent=1) + "\n", encoding="utf-8")
+
+
+def check_resume_data(cfg: TrainConfig, checkpoint: Path, write: bool) -> list[str]:
+    """Refuse a resume whose data files changed since the run started (or record it if allowed)."""
+    recorded_file = checkpoint.parent / DATA_FILES
+    try:
+        recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # a run from before data_files.json: nothing to compare with
+    current = data_fingerprints(cfg)
+    changed = [name for name in sorted(recorded.keys() | current.keys()) if recorded.get(name) != current.get(name)]
+    if not changed:
+        return []
+    if not cfg.training.resume_allow_changes:
+        raise ConfigError(
+            f"resuming {checkpoint}: the data changed since the run started ({recorded_file} differs for "
+            f"{', '.join(changed)}: other contents, or a file added/removed); the resumed steps would train on "
+            "other samples than the run describes. Restore the data, start a new run in another output.dir, "
+            "or set training.resume_allow_changes=true to continue on the new data deliberately")
+    if write:
+        step = checkpoint_step(checkpoint)
+        (checkpoint.parent / f"data-resume-{step}.json").write_text(json.dumps(current, indent=1) + "\n",
+                                                                      encoding="utf-8")
+    return [f"data file {name} changed" for name in changed]
 
 
 def checkpoint_step(checkpoint: Path) -> int:

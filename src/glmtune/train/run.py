@@ -22,7 +22,7 @@ from .evaluation import GenerationEval, eval_settings
 from .layout import (FINAL_DIR, LOG_FILE, TMP_PREFIX, check_overwrite_target, claim_run_names, commit_folder,
                      lock_output, prepare_output)
 from .plots import plot_losses
-from .resume import check_resume_config, finished
+from .resume import check_resume_config, check_resume_data, finished, record_data_files
 from .setup import Precision, cast_trainable_to_fp32, reporting, resolve_precision, training_arguments, weights_device
 from .trainer import WRITE_ERRORS, GlmTrainer, TrainingError, save_failure, write_json
 
@@ -142,11 +142,13 @@ def _attach_callbacks(trainer: GlmTrainer, out: Path, quiet: bool):
     return log, stopper
 
 
-def _protected_paths(cfg: TrainConfig) -> dict[str, Path]:
-    """What an overwrite must never reach: the data files and the model/tokenizer folders."""
+def _protected_paths(cfg: TrainConfig, config_file: Path | None) -> dict[str, Path]:
+    """What an overwrite must never reach: the config file run, the data files and the model/tokenizer folders."""
     base = Path(cfg.data.data_dir or ".")
     files = [cfg.data.train_file, cfg.data.val_file, cfg.data.test_file, *cfg.data.train_files]
     found = {f"the data file {name}": base / name for name in files if name}
+    if config_file is not None:
+        found[f"the config file {config_file}"] = Path(config_file)
     for what, path in (("the model folder", cfg.model.path), ("the tokenizer folder", cfg.model.tokenizer)):
         if path and Path(path).exists():
             found[what] = Path(path)
@@ -171,14 +173,14 @@ class _Run:
             self.lock = None
 
 
-def _open_run(cfg: TrainConfig, quiet: bool) -> _Run:
+def _open_run(cfg: TrainConfig, quiet: bool, config_file: Path | None = None) -> _Run:
     """Arguments, then the run folder: locked, existing-run policy applied, resume checked (no model yet)."""
     out = Path(cfg.output.dir)
     precision = resolve_precision(cfg)
     args = training_arguments(cfg, precision, str(out), _may_evaluate(cfg))
     run = _Run(cfg, out, precision, args, quiet or not args.should_save)
     if cfg.output.if_exists == "overwrite":
-        check_overwrite_target(out, _protected_paths(cfg))
+        check_overwrite_target(out, _protected_paths(cfg, config_file))
     with args.main_process_first(local=False, desc="output folder"):
         if args.should_save:
             run.lock = lock_output(out)  # one writer per folder; the world process zero writes
@@ -188,6 +190,7 @@ def _open_run(cfg: TrainConfig, quiet: bool) -> _Run:
                 claim_run_names(out)
             if run.resume_from is not None:
                 changes = check_resume_config(cfg, run.resume_from, write=args.should_save)
+                changes += check_resume_data(cfg, run.resume_from, write=args.should_save)
                 if changes:
                     _say(f"resuming with changed options (training.resume_allow_changes): {'; '.join(changes)}",
                          run.quiet)
@@ -204,6 +207,7 @@ def _prepare_run(run: _Run):
         tokenizer, splits = load_inputs(cfg, quiet)
     if args.should_save and run.resume_from is None:  # a resumed run keeps its recorded config and report
         save_config(cfg, out / "config.yaml")
+        record_data_files(cfg, out)
         write_json(out / "data_report.json", splits.report.to_dict())
     prepared = load_prepared(cfg, run.precision, tokenizer, weights_device(run.precision, args))
     from ..methods import format_parameter_counts
@@ -232,16 +236,18 @@ def _already_done(run: _Run) -> TrainResult | None:
     return TrainResult(run.out, final if final.is_dir() else None, None, step)
 
 
-def run_training(cfg: TrainConfig, *, quiet: bool = False, callbacks: list | None = None) -> TrainResult:
+def run_training(cfg: TrainConfig, *, quiet: bool = False, callbacks: list | None = None,
+                 config_file: Path | None = None) -> TrainResult:
     """Train as ``cfg`` says; see :mod:`glmtune.train.layout` for the run folder.
 
     ``callbacks``: extra ``transformers.TrainerCallback`` objects. Raises
     :class:`ConfigError` / ``DataError`` / ``MethodError`` for bad input (before
     the model is loaded where possible) and :class:`TrainingError` when the
     loss stops being finite or a checkpoint cannot be written or read back.
-    The output folder is locked for the whole run.
+    The output folder is locked for the whole run. ``config_file``: the YAML the config came
+    from, which an overwrite must not delete.
     """
-    run = _open_run(cfg, quiet)
+    run = _open_run(cfg, quiet, config_file)
     try:
         return _already_done(run) or _train(run, callbacks)
     finally:
