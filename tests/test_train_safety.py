@@ -61,7 +61,7 @@ def test_a_refused_run_folder_gets_no_lock_file(workdir, tmp_path):
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
-def test_overwrite_never_removes_the_config_file_being_run(workdir, tmp_path, monkeypatch):
+def test_overwrite_never_removes_the_config_file_being_run(workdir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     run_training(_cfg(workdir, out, **FAST), quiet=True)
     recorded = (out / "config.yaml").read_bytes()
@@ -69,7 +69,7 @@ def test_overwrite_never_removes_the_config_file_being_run(workdir, tmp_path, mo
     from glmtune.cli import main
 
     code = main(["train", str(out / "config.yaml"), "output.if_exists=overwrite", "--quiet"])
-    assert code != 0
+    assert code != 0 and f"the config file {out / 'config.yaml'}" in capsys.readouterr().err
     assert (out / "config.yaml").read_bytes() == recorded and (out / "checkpoint-2").is_dir()
 
 
