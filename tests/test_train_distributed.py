@@ -50,6 +50,7 @@ def test_two_processes_write_once_and_checkpoints_hold_every_rank(tmp_path):
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "final").mkdir()  # an earlier run: overwrite must delete it once, before anyone writes
+    (tmp_path / "out" / ".glmtune-run.json").write_text(json.dumps({"created": ["final", ".glmtune-run.json"]}))
     (tmp_path / "run.py").write_text(SCRIPT)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            "29731", str(tmp_path / "run.py"), str(tmp_path)], capture_output=True, text=True,
