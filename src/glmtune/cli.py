@@ -13,14 +13,13 @@ import importlib
 import sys
 
 from .errors import GlmtuneError, UserError  # noqa: F401  (UserError re-exported)
+from . import __version__
 
 # Plain registry: subcommand module names under glmtune.commands.
 COMMAND_MODULES = ("quickstart", "data", "train", "chat", "eval", "export", "serve", "init_model", "webui")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="glmtune", description="Fine-tune ChatGLM3 and the GLM family natively.")
     parser.add_argument("--version", action="version", version=f"glmtune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

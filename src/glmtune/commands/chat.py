@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+from ..errors import UserError
 
 EPILOG = """\
 When standard input is not a terminal, each input line is one user turn and
@@ -57,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def sampling_from_args(args: argparse.Namespace):
-    from ..errors import UserError
+    # deferred: imports torch; `--help` stays fast
     from ..infer.sampling import SamplingConfig
 
     try:
@@ -68,8 +72,7 @@ def sampling_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
+    # deferred: imports torch; `--help` stays fast
     from ..infer.chat import ChatSession
     from ..infer.chat_repl import run_interactive, run_piped
     from ..infer.loading import load_for_inference, read_tools
@@ -92,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _one_reply(session, prompt: str, *, show_prompt: bool) -> int:
-    import json
-
+    # deferred: imports torch; `--help` stays fast
     from ..infer.chat_repl import tool_call_json
 
     reply = session.chat(prompt)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 import json
+import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from ..data.chat_format import build_prompt, prompt_history
 from ..data.config import DataConfig

@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: imports torch, transformers; `--help` stays fast
     from ..export import ExportError, export_model, parse_size
 
     if args.tokenizer_only:
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tokenizer_only(args: argparse.Namespace) -> int:
+    # deferred: imports torch, transformers; `--help` stays fast
     from ..export import ExportError, export_tokenizer
 
     given = [o for o, v in (("--model", args.model), ("--adapter", args.adapter), ("--prefix", args.prefix),

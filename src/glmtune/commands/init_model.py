@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..version import __version__
 from ..errors import UserError
@@ -27,9 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    # deferred: these import torch; `glmtune init-model --help` stays fast
+    # deferred: imports torch; `--help` stays fast
     from ..models import load_model, resolve_dtype, save_model, write_generation_config
     from ..tokenizer import load_tokenizer
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ..quickstart import QuickstartOptions, run_quickstart
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..quickstart import QuickstartOptions, run_quickstart
-
     opts = QuickstartOptions(out=Path(args.out), name=args.name, author=args.author, tokenizer=args.tokenizer,
                              method=args.method, steps=args.steps, seed=args.seed)
     run_quickstart(opts)

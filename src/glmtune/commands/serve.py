@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from .chat import add_model_arguments, add_sampling_arguments, sampling_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .chat import add_model_arguments, add_sampling_arguments
-
     p = sub.add_parser("serve", help="serve an OpenAI-compatible /v1/chat/completions API",
                        description="Serve POST /v1/chat/completions (plain and streaming, with tools) and "
                                    "GET /v1/models. Sampling options set the defaults a request may override.")
@@ -20,12 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-    from pathlib import Path
-
+    # deferred: imports torch; `--help` stays fast
     from ..infer.loading import load_for_inference
     from ..infer.server import make_server
-    from .chat import sampling_from_args
 
     defaults = sampling_from_args(args)
     model, tok = load_for_inference(args.model, adapter=args.adapter, prefix=args.prefix, tokenizer=args.tokenizer,

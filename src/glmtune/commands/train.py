@@ -1,7 +1,6 @@
 """``glmtune train``: fine-tune with a config file (ours or the official ChatGLM3 demo's).
 
 Two call shapes::
-
     glmtune train CONFIG.yaml [section.key=value ...]
     glmtune train DATA_DIR MODEL_DIR CONFIG.yaml [yes|no|N]     # as finetune_hf.py
 
@@ -12,7 +11,15 @@ In the second, ``yes`` resumes from the newest checkpoint and ``N`` from
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+import yaml
+
+from ..config import config_to_dict, load_config
+from ..config.doc import describe_config
+from ..config.llamafactory import translation_notes
+from ..errors import UserError
 
 EPILOG = """examples:
   glmtune train examples/lora.yaml training.max_steps=200 output.dir=runs/lora
@@ -44,8 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_call(args: list[str]) -> tuple[str, list[str], dict]:
     """(config path, overrides, load_config keywords) from the positional arguments."""
-    from ..errors import UserError
-
     if not args:
         raise UserError("glmtune train needs a config: glmtune train CONFIG.yaml [key=value ...] "
                         "or glmtune train DATA_DIR MODEL_DIR CONFIG.yaml [yes|N]")
@@ -65,8 +70,6 @@ def parse_call(args: list[str]) -> tuple[str, list[str], dict]:
 
 
 def _overrides(items: list[str]) -> list[str]:
-    from ..errors import UserError
-
     for item in items:
         if "=" not in item:
             raise UserError(f"unexpected argument {item!r}: overrides look like section.key=value "
@@ -75,32 +78,22 @@ def _overrides(items: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    import yaml
-
     if args.help_config:
-        from ..config.doc import describe_config
-
         print(describe_config(), end="")
         return 0
-    from ..config import config_to_dict, load_config
 
     config, overrides, kwargs = parse_call(list(args.args))
     if not Path(config).is_file():
-        from ..errors import UserError
-
         raise UserError(f"{config}: config file not found")
     cfg = load_config(config, overrides, datasets=args.dataset, **kwargs)
     if args.print_config:
-        from ..config.llamafactory import translation_notes
-
         notes = translation_notes(config)
         if notes:
             print("# LLaMA-Factory config translated (key: value -> glmtune option):")
             print("".join(f"#   {note}\n" for note in notes), end="")
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
         return 0
+    # deferred: imports peft, torch, transformers; `--help` stays fast
     from ..train import TrainingError, describe, run_training
 
     try:

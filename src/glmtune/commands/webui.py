@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ..errors import UserError
+from ..webui.app import AppContext, launch
 
 EPILOG = """\
 The UI binds to 127.0.0.1 (this machine only) unless --host says otherwise.
@@ -29,15 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..errors import UserError
-
     try:
         import gradio  # noqa: F401  (heavy dependency, only for this command)
     except ImportError:
         raise UserError("glmtune webui needs Gradio: pip install 'glmtune[webui]' (or pip install gradio)") from None
-    from ..webui.app import AppContext, launch
 
     ctx = AppContext(runs_root=Path(args.runs).expanduser(), model=args.model, data=args.data)
     launch(ctx, host=args.host, port=args.port, share=args.share, auth=args.auth)
