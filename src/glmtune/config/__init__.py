@@ -28,6 +28,7 @@ from .schema import (
     TrainingConfig,
     check_deepspeed,
 )
+from ..models import SHAPES
 
 __all__ = [
     "ConfigError",
@@ -148,8 +149,6 @@ def _absolute(value, root: Path):
 
 
 def _is_shape(value) -> bool:
-    from ..models import SHAPES
-
     return isinstance(value, str) and value in SHAPES
 
 
@@ -168,8 +167,6 @@ def check_model_path(data: dict, base: Path, source: Source) -> None:
 
 def missing_model_message(raw: str, folder: Path) -> str:
     """Why a model.path is unusable and what to do (shared with the training run's own check)."""
-    from ..models import SHAPES
-
     text = f"model.path {raw!r}: the model folder {folder} does not exist. glmtune does not download models: " \
            "point model.path at a local folder holding the checkpoint (config.json, weights, tokenizer.model)"
     parts = raw.split("/")

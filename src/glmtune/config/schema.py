@@ -7,6 +7,7 @@ fails while it is parsed, before any model is loaded.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Literal
 
@@ -199,8 +200,6 @@ class TrainingConfig:
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"training.seed must be in [0, 2**32), got {self.seed}", key="training.seed")
         if self.lr_scheduler not in SCHEDULERS:
-            from .parse import closest
-
             raise ConfigError(f"training.lr_scheduler {self.lr_scheduler!r} is unknown; "
                               f"{closest(self.lr_scheduler, list(SCHEDULERS))}choose one of {', '.join(SCHEDULERS)}")
         if self.warmup_steps and self.warmup_ratio:
@@ -315,7 +314,6 @@ def check_deepspeed(path: str | None) -> None:
 
 def deepspeed_stage(path: str) -> int:
     """``zero_optimization.stage`` of a DeepSpeed JSON config (0 when it has none)."""
-    import json
 
     try:
         with open(path, encoding="utf-8") as f:

@@ -17,6 +17,7 @@ _COLLATE = ("PackedCollator", "PackedDataset", "PaddedCollator", "make_collator"
 
 def __getattr__(name: str):
     if name in _COLLATE:
+        # deferred: imports torch
         from . import collate
 
         return getattr(collate, name)

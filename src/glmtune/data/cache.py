@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
@@ -88,6 +89,4 @@ def save(cache_dir: Path, key: str, dataset: EncodedDataset, report: SplitReport
         except OSError:  # another process wrote it first; theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as exc:
-        import warnings
-
         warnings.warn(f"glmtune: could not write the data cache in {cache_dir} ({exc}); continuing without it")

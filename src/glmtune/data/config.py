@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import DataError
+from .formats import FORMATS
 
 TRUNCATION_POLICIES = ("right", "drop")
 
@@ -82,8 +83,6 @@ class DataConfig:
         self.train_files = self.train_files if self.train_files is not None else []
         self.datasets = self.datasets if self.datasets is not None else []
         if self.format != "auto":
-            from .formats import FORMATS
-
             if self.format not in FORMATS:
                 raise DataError(f"data.format: unknown format {self.format!r} "
                                 f"(expected one of: auto, {', '.join(FORMATS)})")

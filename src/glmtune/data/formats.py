@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .errors import Problem, record_error
 from .messages import Conversation, Message, ToolCall
+from .chat_format import observation_text
 
 
 class _Ctx:
@@ -91,8 +92,6 @@ def _tools(rec: dict, ctx: _Ctx, where: str = "") -> list | None:
 
 
 def _observation(value: Any) -> str:
-    from .chat_format import observation_text
-
     return observation_text(value)
 
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import Problem
+from .errors import DataError, Problem
 
 Item = tuple[int, Any] | Problem  # (1-based line or row, record) or a problem
 
@@ -240,9 +240,8 @@ def drop_nulls(value: Any) -> Any:
 
 
 def read_parquet(path: Path, _text: str | None) -> Iterator[Item]:
-    from .errors import DataError
-
     try:
+        # deferred: pyarrow is heavy; only parquet files need it
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading .parquet files needs pyarrow, which is not installed "
@@ -274,8 +273,6 @@ def data_files(path: str | Path) -> list[Path]:
     A folder is the official layout: ``train.json``, ``dev.json``, ``test.json``
     (any of the supported types) side by side.
     """
-    from .errors import DataError
-
     path = Path(path)
     if not path.is_dir():
         return [path]
@@ -289,8 +286,6 @@ def data_files(path: str | Path) -> list[Path]:
 
 def read_records(path: str | Path) -> Iterator[Item]:
     """Yield ``(line, record)`` for each record of ``path``, or a :class:`Problem` where it cannot be read."""
-    from .errors import DataError
-
     path = Path(path)
     if path.is_dir():
         shown = ", ".join(p.name for p in data_files(path))

@@ -16,6 +16,8 @@ import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import yaml
+
 from .dataset_info import bundled_registry, entry_source, is_dataset_info_entry
 from .errors import DataError
 
@@ -47,8 +49,6 @@ def _load_registry(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
