@@ -13,6 +13,7 @@ class DeviceError(GlmtuneError, ValueError):
 
 def resolve_device(device: str | None) -> str:
     """``None``/``auto``: the GPU if one is visible, else CPU; under torchrun, plain ``cuda`` is the rank's own GPU."""
+    # deferred: torch is heavy
     import torch
 
     device = "auto" if device is None else str(device)

@@ -30,7 +30,15 @@ from pathlib import Path
 import torch
 
 from .export_folder import MANIFEST, ExportError, StagedExport, check_out_dir
-from .methods.adapters import PTUNING_MERGE_ADVICE
+from .methods.adapters import PTUNING_MERGE_ADVICE, save_official_lora
+from . import __version__
+from .hf_tokenizer import save_hf_tokenizer
+from .methods import load_trained, merge_adapter, detect_method, apply_prefix
+from .methods.ptuning_io import add_prefix_to_checkpoint
+from .models import (load_model, resolve_dtype, save_model, write_generation_config, CheckpointError, SHAPES,
+                     read_model_config, shape_config)
+from .models.checkpoint import checkpoint_dtype, weight_files
+from .tokenizer import find_tokenizer, load_tokenizer
 
 __all__ = ["ExportError", "ExportResult", "check_out_dir", "export_model", "export_tokenizer", "parse_size"]
 
@@ -96,8 +104,6 @@ def parse_size(text: str) -> int:
 
 def default_dtype(model_path: Path) -> torch.dtype:
     """The base checkpoint's storage dtype (fp16 for the official ChatGLM3), bf16 for named shapes."""
-    from .models.checkpoint import checkpoint_dtype, weight_files
-
     if model_path.is_dir():
         stored = checkpoint_dtype(weight_files(model_path))
         if stored in (torch.float16, torch.bfloat16, torch.float32):
@@ -112,9 +118,6 @@ def load_merged(model_path, adapter, *, device="cpu", base_path_override=None):
     LoRA/DoRA folder (glmtune, PEFT or official ChatGLM3) is merged; a freeze
     or full result has its trained tensors copied into the base.
     """
-    from .methods import load_trained, merge_adapter
-    from .models import load_model
-
     model = load_model(model_path, dtype="fp32", device=device)
     if adapter is None:
         return model
@@ -191,8 +194,6 @@ def export_model(model_path: str | os.PathLike, out_dir: str | os.PathLike, *, a
     as ``adapter``) needs ``layout="chatglm3"``. ``dtype=None`` keeps the base
     checkpoint's storage dtype (the adapter's for ``adapter_only``).
     """
-    from .methods import detect_method
-
     model_path, out_dir = Path(model_path), Path(out_dir)
     adapter = Path(adapter) if adapter is not None else None
     layout = layout or ("chatglm3" if adapter_only else "native")
@@ -247,12 +248,6 @@ def _check_request(layout: str, adapter_only: bool, adapter: Path | None, prefix
 def _export_model(model_path: Path, adapter: Path | None, prefix: Path | None, stage: Path, *, layout: str,
                   dtype, tokenizer_path, base_path_override, device: str, max_shard_bytes: int) -> ExportResult:
     """A standalone model folder (adapter merged), or an official P-Tuning checkpoint (prefix added)."""
-    from .methods import apply_prefix
-    from .methods.ptuning_io import add_prefix_to_checkpoint
-    from .models import resolve_dtype, save_model, write_generation_config
-    from .hf_tokenizer import save_hf_tokenizer
-    from .tokenizer import find_tokenizer, load_tokenizer
-
     target = resolve_dtype(dtype, "cpu", None) if dtype is not None else default_dtype(model_path)
     tokenizer = load_tokenizer(find_tokenizer(tokenizer_path, model_path, adapter, prefix))
     model = load_merged(model_path, adapter, device=device, base_path_override=base_path_override)
@@ -276,10 +271,6 @@ def export_tokenizer(source: str | os.PathLike, out_dir: str | os.PathLike, *, f
     ``tokenizer.model``, ``tokenizer.json`` + ``tokenizer_config.json`` (chat template) and
     ``generation_config.json`` (chat stop ids), with the same safety rules as :func:`export_model`.
     """
-    from .hf_tokenizer import save_hf_tokenizer
-    from .models import write_generation_config
-    from .tokenizer import find_tokenizer, load_tokenizer
-
     source, out_dir = Path(source), Path(out_dir)
     tokenizer = load_tokenizer(find_tokenizer(source, hint="give a model folder holding tokenizer.model"))
     check_out_dir(out_dir, force=force, inputs={"--tokenizer-only": source})
@@ -294,8 +285,6 @@ def export_tokenizer(source: str | os.PathLike, out_dir: str | os.PathLike, *, f
 
 
 def _model_config(model_path: Path):
-    from .models import CheckpointError, SHAPES, read_model_config, shape_config
-
     if model_path.is_dir():
         return read_model_config(model_path)
     if str(model_path) in SHAPES:
@@ -305,9 +294,6 @@ def _model_config(model_path: Path):
 
 def _export_official_adapter(model_path: Path, adapter: Path, stage: Path, dtype, base_path_override) -> ExportResult:
     """A LoRA adapter as PEFT saves one for THUDM's ChatGLM3 code; the base model's config gives the shapes."""
-    from .methods.adapters import save_official_lora
-    from .models import resolve_dtype
-
     base_layout, config = _model_config(model_path)
     target = resolve_dtype(dtype, "cpu", None) if dtype is not None else None
     base = base_path_override or (str(model_path.resolve()) if model_path.is_dir() else str(model_path))
@@ -322,8 +308,6 @@ def _export_official_adapter(model_path: Path, adapter: Path, stage: Path, dtype
 
 def _provenance(model_path: Path, adapter: Path | None, prefix: Path | None, layout: str, kind: str) -> dict:
     # Where a result came from is otherwise lost; the manifest keeps it beside the list of files written.
-    from . import __version__
-
     return {"glmtune_version": __version__, "kind": kind, "base_model": str(model_path),
             "merged_adapter" if kind == "model" else "adapter": str(adapter or prefix) if adapter or prefix else None,
             "layout": layout}

@@ -132,6 +132,7 @@ def _merges(vocab: dict[str, int], skip: set[str]) -> list[tuple[str, str]]:
 def build_tokenizer_json(tok):
     """A ``tokenizers.Tokenizer`` that encodes and decodes as ``tok``, a :class:`glmtune.tokenizer.ChatGLMTokenizer`."""
     # Deferred: tokenizers is only needed to export or to build the transformers tokenizer.
+    # deferred: only the Hugging Face tokenizer export needs tokenizers
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
 

@@ -22,6 +22,7 @@ METRIC_NAMES = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 
 
 def _segment(text: str) -> list[str]:
+    # deferred: metric libraries load slowly (jieba's dictionary); only scoring needs them
     import jieba
 
     jieba.setLogLevel(logging.WARNING)  # its dictionary-loading chatter is not ours to print
@@ -32,6 +33,7 @@ def _segment(text: str) -> list[str]:
 
 def sample_scores(prediction: str, reference: str) -> dict[str, float]:
     """ROUGE-1/2/L (x100, 4 decimals) and BLEU-4 (0..1) of one prediction."""
+    # deferred: metric libraries load slowly (jieba's dictionary); only scoring needs them
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
     from rouge_chinese import Rouge
 

@@ -8,8 +8,7 @@ model (64789.. for the real ``tokenizer.model``).
 
 from __future__ import annotations
 
-from .errors import GlmtuneError
-
+import io
 import json
 import os
 import re
@@ -17,7 +16,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from sentencepiece import SentencePieceProcessor
+from sentencepiece import SentencePieceProcessor, SentencePieceTrainer
+
+from .errors import GlmtuneError
+from .hf_tokenizer import load_hf_tokenizer
 
 SPECIAL_TOKENS = (
     "[MASK]",
@@ -76,9 +78,7 @@ class ChatGLMTokenizer:
         for pipelines, ``Trainer``, vLLM-style code: same ids, same decoding (see ``glmtune.hf_tokenizer``).
         """
         if self._hf is None:
-            # Deferred: building it imports transformers and tokenizers, which glmtune's own encoding never needs.
-            from .hf_tokenizer import load_hf_tokenizer
-
+            # load_hf_tokenizer imports transformers and tokenizers itself, only when called.
             self._hf = load_hf_tokenizer(self)
         return self._hf
 
@@ -267,9 +267,7 @@ def train_tokenizer(texts: list[str], out_dir: str | os.PathLike, *, vocab_size:
     Settings follow ChatGLM3's: BPE, byte fallback, whitespace kept verbatim,
     ids 0/1/2 = unk/bos/eos, so every glmtune code path works unchanged.
     """
-    import io
 
-    from sentencepiece import SentencePieceTrainer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

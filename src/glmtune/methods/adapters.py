@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..models.checkpoint import iter_tensors
@@ -26,6 +27,7 @@ from ..models.convert import CheckpointError, fuse_qkv, qkv_split_sizes, split_q
 from .errors import MethodError
 from .lora import base_name, wrap_peft
 from .options import OFFICIAL_MODULE_NAMES
+from .ptuning import PrefixModel
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _OFFICIAL_KEY = re.compile(r"^base_model\.model\.transformer\.encoder\.layers\.(\d+)\.(self_attention|mlp)\."
@@ -111,6 +113,7 @@ def convert_official_state(state: dict[str, torch.Tensor], config, source: Path)
 
 
 def peft_config_from(cfg: dict, official: bool, base_path: str | None):
+    # deferred: peft is heavy
     from peft import LoraConfig
 
     known = {f.name for f in dataclasses.fields(LoraConfig)}
@@ -189,10 +192,10 @@ def load_lora_state(model: nn.Module, folder: str | os.PathLike) -> None:
 
 def merge_adapter(model: nn.Module):
     """A plain ``GlmForCausalLM`` with LoRA/DoRA merged into its weights (for export)."""
+    # deferred: peft is heavy; transformers is heavy
     from peft import PeftModel
     from transformers import GlmForCausalLM
 
-    from .ptuning import PrefixModel
 
     if isinstance(model, PrefixModel):
         raise MethodError(PTUNING_MERGE_ADVICE)
@@ -326,7 +329,6 @@ def save_official_lora(adapter_dir: str | os.PathLike, config, out_dir: str | os
     ``config`` is the base model's GlmConfig (row sizes of the fused layer);
     ``dtype`` None keeps the adapter's own dtype.
     """
-    from safetensors.torch import save_file
 
     folder, out = Path(adapter_dir), Path(out_dir)
     cfg = read_adapter_config(folder)

@@ -30,6 +30,7 @@ def linear_module_names(model: nn.Module) -> list[str]:
 
 def lora_config(model: nn.Module, options: LoraOptions):
     """The ``peft.LoraConfig`` for ``options``; unknown target names list the available ones."""
+    # deferred: peft is heavy
     from peft import LoraConfig
 
     targets = options.target_modules()
@@ -65,6 +66,7 @@ def base_name(model: nn.Module) -> str | None:
 
 def wrap_peft(model: nn.Module, config) -> nn.Module:
     """``peft.get_peft_model`` without the deprecation noise PEFT itself causes."""
+    # deferred: peft is heavy
     from peft import get_peft_model
 
     with warnings.catch_warnings():
