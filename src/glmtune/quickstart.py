@@ -16,7 +16,6 @@ Steps (each the same code path as the real commands):
 6. export of the result as a standalone model folder.
 
 Layout of ``--out`` (default ``glmtune-quickstart``)::
-
     tokenizer/  data/  base-model/  run/ (the training run: final/, loss.png, ...)  export/
 """
 
@@ -29,6 +28,14 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+import yaml
+
+from .config import load_config
+from .data.config import DataConfig
+from .data.process import merge_processed, process_source
+from .data.registry import Source
+from .errors import UserError
 
 MARKER = ".glmtune-quickstart"
 # What a quickstart writes in its folder: the only names a later quickstart removes there (the marker last).
@@ -63,8 +70,6 @@ def step(n: int, title: str) -> None:
 
 def prepare_folder(out: Path) -> None:
     """Create ``out``; an earlier quickstart's files there are replaced, anything else is left alone."""
-    from .errors import UserError
-
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file():
             raise UserError(f"{out}: folder exists and was not made by the quickstart; choose another --out")
@@ -92,6 +97,7 @@ def write_dataset(out: Path, name: str, author: str) -> Path:
 
 
 def make_tokenizer(out: Path, data_file: Path, given: str | None):
+    # deferred: imports torch
     from .tokenizer import load_tokenizer, train_tokenizer
 
     if given:
@@ -108,10 +114,6 @@ def make_tokenizer(out: Path, data_file: Path, given: str | None):
 
 def check_data(data_file: Path, tok) -> None:
     """``glmtune data check`` of the bundled file: the same library calls, its summary printed."""
-    from .data.config import DataConfig
-    from .data.process import merge_processed, process_source
-    from .data.registry import Source
-
     cfg = DataConfig(max_input_length=64, max_output_length=96, cache=False)
     result = merge_processed([process_source(Source(data_file), cfg, tok)])
     for problem in result.problems + result.warnings:
@@ -125,7 +127,7 @@ def check_data(data_file: Path, tok) -> None:
 
 
 def make_base_model(out: Path, tok, tok_dir: Path, seed: int) -> Path:
-    from .models import load_model, save_model, write_generation_config
+    from .models import load_model, save_model, write_generation_config  # deferred: imports torch
 
     base = out / "base-model"
     vocab = tok.vocab_size + (-tok.vocab_size) % 64  # padded like ChatGLM's padded_vocab_size
@@ -158,6 +160,7 @@ def train_config(opts: QuickstartOptions, base: Path, data_file: Path) -> dict:
 
 
 def scripted_chat(model_dir: Path, adapter: Path | None, tok_dir: Path) -> list[tuple[str, str]]:
+    # deferred: imports torch, transformers; imports torch
     from .api import load_model
     from .infer.chat import ChatSession
     from .infer.sampling import SamplingConfig
@@ -177,7 +180,7 @@ def scripted_chat(model_dir: Path, adapter: Path | None, tok_dir: Path) -> list[
 
 def run_quickstart(opts: QuickstartOptions) -> dict:
     """Run every step; returns a summary (paths, final loss, chat turns, seconds)."""
-    from .config import load_config
+    # deferred: imports torch, transformers; imports peft, torch, transformers
     from .export import export_model
     from .train import run_training
 
@@ -192,7 +195,6 @@ def run_quickstart(opts: QuickstartOptions) -> dict:
     base = make_base_model(opts.out, tok, tok_dir, opts.seed)
     step(4, f"glmtune train ({opts.method}, {opts.steps} steps)")
     config_file = opts.out / "train.yaml"
-    import yaml
 
     config_file.write_text(yaml.safe_dump(train_config(opts, base, data_file), sort_keys=False, allow_unicode=True))
     result = run_training(load_config(config_file))

@@ -6,6 +6,10 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..devices import resolve_device
+from ..methods import MethodError
+from ..models import SHAPES
+from ..tokenizer import find_tokenizer, load_tokenizer
 
 
 def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None, dtype=None, device=None):
@@ -13,9 +17,8 @@ def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None,
 
     ``model_path`` may also be a fine-tuning result (see :func:`resolve_model_args`).
     """
-    from ..devices import resolve_device
+    # deferred: imports torch, transformers
     from ..api import load_model
-    from ..tokenizer import find_tokenizer, load_tokenizer
 
     if adapter and prefix:
         raise UserError("--adapter and --prefix exclude each other: a model is tuned with LoRA or with P-Tuning")
@@ -39,8 +42,6 @@ def resolve_model_args(model_path, adapter=None, prefix=None) -> tuple:
     folder exists here; otherwise the error says to pass it as ``--adapter``
     or ``--prefix`` with the base model.
     """
-    from ..models import SHAPES
-
     path = Path(model_path).expanduser()
     if not path.exists():
         if str(model_path) in SHAPES:
@@ -66,7 +67,6 @@ _MODEL_WEIGHTS = ("model*.safetensors", "pytorch_model*.bin")
 def _result_method(path: Path) -> str | None:
     """The method of a fine-tuning result folder (no model weights of its own), else None."""
     # Deferred: the methods package imports torch.
-    from ..methods import MethodError
     from ..methods.registry import detect_method
 
     if any(next(path.glob(pattern), None) for pattern in _MODEL_WEIGHTS):

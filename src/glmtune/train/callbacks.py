@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
+
+from .trainer import TrainingError
 
 # Keys HF puts in its end-of-training summary: not a step event for our log.
 _SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss")
@@ -64,7 +69,6 @@ class JsonlLogCallback(TrainerCallback):
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         except OSError as exc:  # disk full, folder made read-only: stop with the reason, not a traceback
-            from .trainer import TrainingError
 
             raise TrainingError(f"could not write {self.path} ({exc.strerror}); checkpoints written so far are "
                                 "intact: free disk space or fix the folder's permissions, then resume with "
@@ -81,6 +85,7 @@ class ProgressCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.enabled and state.is_world_process_zero:  # one bar, not one per process
+            # deferred: tqdm.auto is slow to import; only a shown bar needs it
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
@@ -136,8 +141,6 @@ class StopOnSignalCallback(TrainerCallback):
         return self.received is not None
 
     def install(self) -> None:
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             return  # Python only delivers signals to the main thread
         for sig in self.SIGNALS:
@@ -194,8 +197,6 @@ def _any_process(flag: bool) -> bool:
     if only some stopped, the others' next gradient all-reduce (and the
     checkpoint barriers) would wait forever. One tiny collective per step.
     """
-    import torch
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return flag

@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..infer.evaluate import EvalSettings, evaluate, write_results
+from ..infer.generation import GenerationStopped
+
 
 @dataclass
 class GenerationEval:
@@ -38,10 +41,9 @@ class GenerationEval:
 
     def run(self, model, name: str) -> dict[str, float]:
         """Scores of ``model``; predictions and metrics written under ``out_dir/name``."""
+        # deferred: tqdm.auto is slow to import; only a shown bar needs it
         from tqdm.auto import tqdm
 
-        from ..infer.evaluate import evaluate, write_results
-        from ..infer.generation import GenerationStopped
 
         if not self.conversations or self._stop():
             return {}
@@ -67,8 +69,6 @@ class GenerationEval:
 
 def eval_settings(cfg, max_samples: int | None):
     """The evaluation settings of a training config (the same fields ``glmtune eval`` takes as flags)."""
-    from ..infer.evaluate import EvalSettings
-
     return EvalSettings(batch_size=cfg.evaluation.batch_size or cfg.training.batch_size,
                         max_new_tokens=cfg.evaluation.max_new_tokens, max_input_length=cfg.data.max_input_length,
                         max_samples=max_samples)

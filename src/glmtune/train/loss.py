@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.chat_format import IGNORE_INDEX
+from ..models import find_glm
 
 
 def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -31,8 +32,6 @@ def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
 
 
 def find_lm_head(model: torch.nn.Module) -> torch.nn.Module:
-    from ..models import find_glm
-
     return find_glm(model).lm_head
 
 

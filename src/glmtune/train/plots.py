@@ -56,6 +56,7 @@ def loss_figure(records: list[dict], title: str):
     import matplotlib  # heavy dependency: only when a plot is drawn
 
     matplotlib.use("Agg")
+    # deferred: matplotlib is heavy; only drawing a plot needs it
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.5, 4.2), dpi=100)  # not pyplot: no global state, safe in a UI's threads

@@ -9,13 +9,14 @@ device (``args.device``), and only the world process zero writes files.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, TrainConfig, save_config
+from ..config import ConfigError, TrainConfig, missing_model_message, save_config
 from ..files import apply_umask
 from .callbacks import JsonlLogCallback, OfficialEvalSchedule, ProgressCallback, StopOnSignalCallback
 from .evaluation import GenerationEval, eval_settings
@@ -25,6 +26,10 @@ from .plots import plot_losses
 from .resume import check_resume_config, check_resume_data, finished, record_data_files
 from .setup import Precision, cast_trainable_to_fp32, reporting, resolve_precision, training_arguments, weights_device
 from .trainer import WRITE_ERRORS, GlmTrainer, TrainingError, save_failure, write_json
+from ..data import prepare_splits, make_collator, training_dataset
+from ..methods import prepare, format_parameter_counts, trainable_parameter_counts
+from ..models import SHAPES, load_model, write_generation_config
+from ..tokenizer import load_tokenizer
 
 
 @dataclass
@@ -54,11 +59,6 @@ def _say(message: str, quiet: bool) -> None:
 
 def load_inputs(cfg: TrainConfig, quiet: bool):
     """Tokenizer and encoded splits (fails on bad data before any model is loaded)."""
-    from ..config import missing_model_message
-    from ..data import prepare_splits
-    from ..models import SHAPES
-    from ..tokenizer import load_tokenizer
-
     if cfg.model.path not in SHAPES and not Path(cfg.model.path).is_dir():
         raise ConfigError(missing_model_message(cfg.model.path, Path(cfg.model.path).absolute()))
     tokenizer_path = cfg.model.tokenizer or cfg.model.path
@@ -76,9 +76,6 @@ def load_inputs(cfg: TrainConfig, quiet: bool):
 
 def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str):
     """The base model on ``device``, prepared by the method, trainable weights in fp32, checkpointing on if asked."""
-    from ..methods import prepare
-    from ..models import SHAPES, load_model
-
     from transformers import set_seed  # deferred: heavy
 
     vocab = tokenizer.vocab_size if cfg.model.path in SHAPES else None
@@ -103,8 +100,6 @@ def _may_evaluate(cfg: TrainConfig) -> bool:
 
 def build_trainer(cfg: TrainConfig, prepared, tokenizer, splits, precision: Precision, out: Path, args):
     """The Trainer; ``args`` (built before the model load) is rebuilt only if validation turned out empty."""
-    from ..data import make_collator, training_dataset
-
     validation = splits.validation
     if validation is not None and cfg.evaluation.max_eval_samples:
         validation = validation.select(range(min(len(validation), cfg.evaluation.max_eval_samples)))
@@ -128,6 +123,7 @@ def build_trainer(cfg: TrainConfig, prepared, tokenizer, splits, precision: Prec
 
 
 def _attach_callbacks(trainer: GlmTrainer, out: Path, quiet: bool):
+    # deferred: transformers is heavy
     from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
 
     for cb in (PrinterCallback, HFProgress):
@@ -210,7 +206,6 @@ def _prepare_run(run: _Run):
         record_data_files(cfg, out)
         write_json(out / "data_report.json", splits.report.to_dict())
     prepared = load_prepared(cfg, run.precision, tokenizer, weights_device(run.precision, args))
-    from ..methods import format_parameter_counts
     _say(f"{cfg.method.name}: {format_parameter_counts(prepared.model)}", quiet)
     _say(f"device {args.device}, compute {run.precision.compute}, frozen weights {run.precision.storage}", quiet)
     if reporting(cfg)[1]:  # e.g. TensorBoard off because it is not installed: said once, not silently dropped
@@ -258,7 +253,6 @@ def _train(run: _Run, callbacks: list | None) -> TrainResult:
     cfg, out = run.cfg, run.out
     trainer, prepared, tokenizer, splits = _prepare_run(run)
     quiet = run.quiet
-    from ..methods import trainable_parameter_counts
 
     trainable, total = trainable_parameter_counts(prepared.model)
     for callback in callbacks or []:
@@ -294,7 +288,6 @@ def _train(run: _Run, callbacks: list | None) -> TrainResult:
 
 def _fit(trainer: GlmTrainer, resume_from: Path | None) -> None:
     """``trainer.train``, with a checkpoint that cannot be read back turned into a clear error."""
-    import pickle
 
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -315,8 +308,6 @@ def _save_final(trainer: GlmTrainer, prepared, tokenizer, out: Path) -> Path:
             prepared.save(tmp)
             tokenizer.save_pretrained(tmp)
             if prepared.method == "full":
-                from ..models import write_generation_config
-
                 write_generation_config(tmp, tokenizer)
         except WRITE_ERRORS as exc:
             shutil.rmtree(tmp, ignore_errors=True)

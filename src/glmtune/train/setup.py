@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError, TrainConfig, check_deepspeed
+from ..config.parse import unknown_key
+from ..devices import DeviceError, resolve_device as resolve
 
 
 @dataclass
@@ -23,8 +25,6 @@ class Precision:
 
 def resolve_device(device: str) -> str:
     """The device of this process (:func:`glmtune.devices.resolve_device`), errors as config errors."""
-    from ..devices import DeviceError, resolve_device as resolve
-
     try:
         return resolve(device)
     except DeviceError as exc:
@@ -93,8 +93,6 @@ def reporting(cfg: TrainConfig) -> tuple[list[str], str | None]:
     wanted = [name for name in t.report_to if name != "all"]
     for name in wanted:
         if name not in INTEGRATION_TO_CALLBACK:
-            from ..config.parse import unknown_key
-
             raise unknown_key("training.report_to", name, sorted(INTEGRATION_TO_CALLBACK), "logging integration")
     if "all" in t.report_to:
         wanted += [name for name in available if name not in wanted and name != "tensorboard"]
@@ -119,6 +117,7 @@ def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, 
     transformers, and sets up the process group under torchrun, so that the
     run knows each process's device and which process writes files.
     """
+    # deferred: transformers is heavy
     from transformers import TrainingArguments
 
     t, e = cfg.training, cfg.evaluation

@@ -43,6 +43,7 @@ from ..files import apply_umask
 from .layout import STATE_FILE as TRAINER_STATE_NAME
 from .layout import TMP_PREFIX, checkpoints, commit_folder
 from .loss import answer_only_loss, find_lm_head
+from ..methods import MethodError
 
 
 # What writing a checkpoint raises when the disk or folder fails: the OS's error, torch.save's RuntimeError
@@ -174,8 +175,6 @@ class GlmTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Resume: the method loads what it saved back in place (exact: trained weights are saved in fp32)."""
-        from ..methods import MethodError
-
         try:
             self.prepared.load_state(resume_from_checkpoint)
         except MethodError as exc:

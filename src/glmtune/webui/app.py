@@ -14,6 +14,7 @@ import sys
 
 from ..errors import UserError
 from .context import AppContext, ui_errors
+from .chat import ChatState
 
 AUTH_ENV = "GLMTUNE_WEBUI_AUTH"
 SHARE_WARNING = ("glmtune webui: WARNING: --share publishes this UI on a public gradio.live address; anyone "
@@ -25,8 +26,8 @@ def build_app(ctx: AppContext):
     """The ``gr.Blocks`` app (not launched)."""
     import gradio as gr  # heavy dependency: only the web UI needs it
 
+    # deferred: imports gradio, peft, torch, transformers
     from . import pages
-    from .chat import ChatState
 
     with gr.Blocks(title="glmtune") as app:
         model_state = gr.State(ChatState())  # per browser session; one loaded model shared by Evaluate and Chat

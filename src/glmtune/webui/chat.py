@@ -40,6 +40,7 @@ def load(state: ChatState, weights: dict, device: str = "auto", reset: bool = Tr
     The conversation restarts when another model is loaded, or when ``reset``
     (the chat page's Load button; the eval page shares the model and passes False).
     """
+    # deferred: imports torch
     from ..infer.loading import load_for_inference
 
     model_path = (weights.get("model") or "").strip()
@@ -58,6 +59,7 @@ def load(state: ChatState, weights: dict, device: str = "auto", reset: bool = Tr
 
 def parse_tools(text: str) -> list | None:
     """Tools typed as JSON (ChatGLM3 or OpenAI function format), or None when the box is empty."""
+    # deferred: imports torch
     from ..infer.loading import normalize_tools
 
     if not text.strip():
@@ -72,6 +74,7 @@ def parse_tools(text: str) -> list | None:
 
 def start_session(state: ChatState, system: str, tools_text: str, sampling) -> None:
     """A fresh session with the current system prompt, tools and sampling (history kept from the page)."""
+    # deferred: imports torch
     from ..infer.chat import ChatSession
 
     if state.loaded is None:

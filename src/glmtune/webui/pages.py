@@ -15,6 +15,10 @@ from ..errors import UserError
 from . import chat as chat_state
 from . import forms, runs, tasks
 from .context import AppContext, ui_errors
+from ..infer.evaluate import EvalSettings
+from ..infer.sampling import SamplingConfig
+from ..train.layout import LOG_FILE
+from ..train.plots import loss_figure, read_log
 
 FORMATS = ["auto", "chatglm3", "alpaca", "base", "openai", "sharegpt", "columns"]
 
@@ -185,9 +189,6 @@ def watch(run: str | None, drawn):
 
     The figure is redrawn only when the log changed (``drawn`` remembers what is on screen).
     """
-    from ..train.layout import LOG_FILE
-    from ..train.plots import loss_figure, read_log
-
     if not run or not Path(run).is_dir():
         return "no run selected", None, "", None
     folder = Path(run)
@@ -228,8 +229,6 @@ def _weights(model: str, adapter: str, prefix: str) -> dict:
 
 def eval_page(ctx: AppContext, state) -> None:
     """``state``: the chat page's model state too, so one model is in memory for both pages."""
-    from ..infer.evaluate import EvalSettings
-
     model, adapter, prefix = _model_picker(ctx, "eval")
     with gr.Row():
         data = gr.Textbox(label="dataset file", value=ctx.data, scale=3)
@@ -257,8 +256,6 @@ def eval_page(ctx: AppContext, state) -> None:
 
 
 def chat_page(ctx: AppContext, state) -> None:
-    from ..infer.sampling import SamplingConfig
-
     model, adapter, prefix = _model_picker(ctx, "chat")
     with gr.Row():
         load = gr.Button("Load", variant="primary", elem_id="chat-load")

@@ -10,6 +10,13 @@ from ..data.config import DataConfig
 from ..errors import UserError
 from ..train.layout import FINAL_DIR, checkpoints
 from .runs import read_run_config
+from ..data.encode import encode_sample
+from ..data.process import merge_processed, process_source, load_conversations
+from ..data.readers import data_files
+from ..data.registry import Source
+from ..export import export_model
+from ..infer.evaluate import build_samples, evaluate
+from ..tokenizer import load_tokenizer
 
 PREVIEW_HEADERS = ["position", "token", "id", "label"]
 
@@ -20,8 +27,6 @@ def data_config(fmt: str, max_input_length: int | None, max_output_length: int |
 
 
 def _files(paths: list[str]) -> list[Path]:
-    from ..data.readers import data_files
-
     if not paths:
         raise UserError("no data file: pick or upload one, or type its path")
     return [f for name in paths for f in data_files(name)]
@@ -38,10 +43,6 @@ class CheckResult:
 
 def check_data(paths: list[str], tokenizer_path: str, cfg: DataConfig) -> CheckResult:
     """``glmtune data check``: every problem with its file:line, the report, and the length distribution."""
-    from ..data.process import merge_processed, process_source
-    from ..data.registry import Source
-    from ..tokenizer import load_tokenizer
-
     tok = load_tokenizer(tokenizer_path)
     result = merge_processed([process_source(Source(f), cfg, tok) for f in _files(paths)])
     rows = [[_where(p), _what(p)] for p in result.problems]
@@ -71,6 +72,7 @@ def length_histogram(lengths: list[int], cap: int | None):
     import matplotlib  # heavy dependency: only when a plot is drawn
 
     matplotlib.use("Agg")
+    # deferred: matplotlib is heavy; only drawing a plot needs it
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3.2), dpi=100)
@@ -90,10 +92,6 @@ def length_histogram(lengths: list[int], cap: int | None):
 
 def preview_record(path: str, tokenizer_path: str, cfg: DataConfig, index: int) -> tuple[str, list[list]]:
     """``glmtune data preview`` for record ``index`` (0-based): a header line and (position, token, id, label) rows."""
-    from ..data.process import load_conversations
-    from ..data.encode import encode_sample
-    from ..tokenizer import load_tokenizer
-
     files = _files([path])
     tok = load_tokenizer(tokenizer_path)
     convs, problems = load_conversations(files[0], cfg)
@@ -140,9 +138,6 @@ def run_results(run_dir: Path) -> list[str]:
 def evaluate_file(model, tok, data_path: str, fmt: str, settings,
                   progress: Callable[[int, int], None] | None = None):
     """``glmtune eval`` on a loaded model: (metrics, prediction rows). ``progress(done, total)`` per batch."""
-    from ..data.process import load_conversations
-    from ..infer.evaluate import build_samples, evaluate
-
     files = _files([data_path])
     conversations, problems = load_conversations(files[0], DataConfig(format=fmt or "auto", cache=False))
     if problems:
@@ -166,8 +161,6 @@ def evaluate_file(model, tok, data_path: str, fmt: str, settings,
 
 def export(weights: dict, out_dir: str, layout: str, dtype: str | None) -> str:
     """``glmtune export``: merge (if an adapter) and write; returns a summary naming the folder and files."""
-    from ..export import export_model
-
     if not out_dir.strip():
         raise UserError("export folder: empty; type where the standalone model should be written")
     result = export_model(weights["model"], Path(out_dir).expanduser(), adapter=weights.get("adapter"),
