@@ -169,3 +169,49 @@ def test_version_is_a_leaf_that_matches_pyproject():
     assert imports_in(version_file.read_text(encoding="utf-8"), "glmtune.version") == set()
     pyproject = (SRC.parent / "pyproject.toml").read_text(encoding="utf-8")
     assert re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1) == __version__ == glmtune.__version__
+
+
+def uncommented_local_imports(source: str) -> list[int]:
+    """Lines of function-local imports with no comment saying why they are deferred.
+
+    An import is explained by a comment on its own line(s) or on the line directly above; an import
+    right below an explained one shares that explanation (a block under one comment).
+    """
+    lines = source.splitlines()
+    local = sorted((node for func in ast.walk(ast.parse(source))
+                    if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    for node in ast.walk(func) if isinstance(node, (ast.Import, ast.ImportFrom))),
+                   key=lambda node: node.lineno)
+    explained: set[int] = set()  # end lines of explained imports
+    missing = []
+    for node in dict.fromkeys(local):  # nested functions are walked twice
+        above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+        if ("#" in "".join(lines[node.lineno - 1:node.end_lineno]) or above.startswith("#")
+                or node.lineno - 1 in explained):
+            explained.add(node.end_lineno)
+        else:
+            missing.append(node.lineno)
+    return missing
+
+
+def test_every_function_local_import_says_why():
+    """Issue 10: a function-local import only defers a heavy dependency, and a comment says which."""
+    found = [f"{path.relative_to(SRC)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
+             for line in uncommented_local_imports(path.read_text(encoding="utf-8"))]
+    assert not found, "function-local imports without a comment saying why:\n" + "\n".join(f"  {f}" for f in found)
+
+
+def test_the_comment_checker_sees_uncommented_local_imports():
+    source = (
+        "import json\n"
+        "def f():\n"
+        "    # deferred: imports torch\n"
+        "    import torch\n"
+        "    import transformers\n"  # same block as the explained one above
+        "\n"
+        "    import peft\n"  # separated: needs its own comment
+        "    from safetensors import torch as st  # deferred: heavy\n"
+        "def g():\n"
+        "    from pathlib import Path\n"
+    )
+    assert uncommented_local_imports(source) == [7, 10]
