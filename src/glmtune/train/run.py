@@ -16,6 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
+
 from ..config import ConfigError, TrainConfig, missing_model_message, save_config
 from ..files import apply_umask
 from .callbacks import JsonlLogCallback, OfficialEvalSchedule, ProgressCallback, StopOnSignalCallback
@@ -76,8 +79,6 @@ def load_inputs(cfg: TrainConfig, quiet: bool):
 
 def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str):
     """The base model on ``device``, prepared by the method, trainable weights in fp32, checkpointing on if asked."""
-    from transformers import set_seed  # deferred: heavy
-
     vocab = tokenizer.vocab_size if cfg.model.path in SHAPES else None
     # Seeded before any weight is created: LoRA matrices and P-Tuning prefixes are initialised by prepare(),
     # before the Trainer seeds (it is built after the model), so training.seed must hold from here.
@@ -123,9 +124,6 @@ def build_trainer(cfg: TrainConfig, prepared, tokenizer, splits, precision: Prec
 
 
 def _attach_callbacks(trainer: GlmTrainer, out: Path, quiet: bool):
-    # deferred: transformers is heavy
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
-
     for cb in (PrinterCallback, HFProgress):
         trainer.remove_callback(cb)
     log = JsonlLogCallback(out / LOG_FILE, trainer)

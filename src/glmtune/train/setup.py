@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import TrainingArguments
+from transformers.integrations import integration_utils
 
 from ..config import ConfigError, TrainConfig, check_deepspeed
 from ..config.parse import unknown_key
@@ -83,17 +85,13 @@ def reporting(cfg: TrainConfig) -> tuple[list[str], str | None]:
     ``training.tensorboard`` null means "when installed" (the note says when it is not); true and every
     ``training.report_to`` name are requests, refused before the model loads when they cannot be honoured.
     """
-    from transformers.integrations.integration_utils import (  # deferred: transformers is heavy
-        INTEGRATION_TO_CALLBACK,
-        get_available_reporting_integrations,
-    )
-
     t = cfg.training
-    available = get_available_reporting_integrations()
+    available = integration_utils.get_available_reporting_integrations()  # looked up per call: what is installed now
     wanted = [name for name in t.report_to if name != "all"]
     for name in wanted:
-        if name not in INTEGRATION_TO_CALLBACK:
-            raise unknown_key("training.report_to", name, sorted(INTEGRATION_TO_CALLBACK), "logging integration")
+        if name not in integration_utils.INTEGRATION_TO_CALLBACK:
+            raise unknown_key("training.report_to", name, sorted(integration_utils.INTEGRATION_TO_CALLBACK),
+                              "logging integration")
     if "all" in t.report_to:
         wanted += [name for name in available if name not in wanted and name != "tensorboard"]
     note = None
@@ -117,9 +115,6 @@ def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, 
     transformers, and sets up the process group under torchrun, so that the
     run knows each process's device and which process writes files.
     """
-    # deferred: transformers is heavy
-    from transformers import TrainingArguments
-
     t, e = cfg.training, cfg.evaluation
     check_deepspeed(t.deepspeed)  # also when the config did not come from a checked file
     strategy = e.strategy if has_eval else "no"
