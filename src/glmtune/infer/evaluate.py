@@ -19,7 +19,7 @@ from pathlib import Path
 from ..data.chat_format import build_prompt, parse_reply, render_tool_call
 from ..data.messages import Conversation, Message
 from ..metrics import compute_metrics, sample_scores
-from .generation import generate_batch
+from . import generation  # the module, so generation.generate_batch is looked up per call (tests slow it)
 
 
 @dataclass
@@ -110,7 +110,7 @@ def generate_all(model, tokenizer, samples: list[EvalSample], settings: EvalSett
     raws: list[str | None] = [None] * len(samples)
     for start in range(0, len(order), settings.batch_size):
         chunk = order[start:start + settings.batch_size]
-        outs = generate_batch(model, tokenizer, [samples[i].prompt for i in chunk],
+        outs = generation.generate_batch(model, tokenizer, [samples[i].prompt for i in chunk],
                               max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                               top_p=settings.top_p, seed=None if settings.seed is None else settings.seed + start,
                               do_sample=None, should_stop=should_stop)
