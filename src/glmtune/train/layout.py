@@ -180,6 +180,11 @@ def _few(paths: list, base: Path) -> str:
     return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
+# The web UI writes its launch files (webui-train.yaml, webui-process.json, webui-console.log) into the run
+# folder before `glmtune train` starts there: they are glmtune's, and never removed by an overwrite.
+LAUNCHER_PREFIX = "webui-"
+
+
 def check_owned(output_dir: Path, if_exists: str) -> None:
     """Refuse a non-empty folder glmtune did not create a run in (no ``.glmtune-run.json``).
 
@@ -189,7 +194,8 @@ def check_owned(output_dir: Path, if_exists: str) -> None:
     """
     if not output_dir.is_dir() or (output_dir / MANIFEST).is_file():
         return
-    entries = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK_FILE)
+    entries = sorted(p.name for p in output_dir.iterdir()
+                     if p.name != LOCK_FILE and not p.name.startswith(LAUNCHER_PREFIX))
     if not entries:
         return
     if checkpoints(output_dir):

@@ -24,13 +24,13 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..train.layout import FINAL_DIR, LOCK_FILE, LOG_FILE, checkpoints, has_run
+from ..train.layout import FINAL_DIR, LAUNCHER_PREFIX, LOCK_FILE, LOG_FILE, checkpoints, has_run
 from ..train.plots import read_log
 
-CONFIG_NAME = "webui-train.yaml"
+CONFIG_NAME = f"{LAUNCHER_PREFIX}train.yaml"
 """The resolved config the UI writes and trains from (``config.yaml`` is what the run itself saves)."""
-PROCESS_FILE = "webui-process.json"
-CONSOLE_FILE = "webui-console.log"
+PROCESS_FILE = f"{LAUNCHER_PREFIX}process.json"
+CONSOLE_FILE = f"{LAUNCHER_PREFIX}console.log"
 
 
 @dataclass
