@@ -146,6 +146,10 @@ def test_browser_train_watch_chat_export(server, page, tiny_workspace, tmp_path)
     bot = page.locator("#chat-box")
     expect(bot).to_contain_text("Who are you?")
     expect(page.locator("#chat-input textarea")).to_have_value("")  # cleared once the reply is complete
+    # The box must hold a reply besides the question (the model's answer, or its tool call).
+    text = bot.inner_text()
+    reply = text.replace("Who are you?", "").removeprefix("chat").strip()  # "chat" is the box's label
+    assert reply, "the chat box shows the question but no reply"
     shoot(page, tmp_path, "chat")
 
     # Export it and see where it went.
