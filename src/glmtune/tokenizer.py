@@ -50,6 +50,8 @@ class ChatGLMTokenizer:
     """
 
     padding_side = "left"
+    family_name = "chatglm3"
+    """The model family whose format this tokenizer serves (``glmtune.families``)."""
 
     def __init__(self, model_file: str | os.PathLike):
         model_file = Path(model_file)
