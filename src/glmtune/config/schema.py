@@ -21,10 +21,40 @@ from .parse import ConfigError
 METHODS = tuple(_REGISTRY)
 METHOD_SECTIONS = {name: method.section for name, method in _REGISTRY.items()}
 METHOD_ALIASES = dict(ALIASES)
+# Methods that keep the base model frozen: the only ones a quantized base (model.quantization) can serve.
+QUANTIZABLE_METHODS = ("lora", "ptuning")
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
 )
+
+
+@dataclass
+class QuantizationConfig:
+    """QLoRA: the frozen base model's linear layers quantized by bitsandbytes (``pip install 'glmtune[qlora]'``).
+
+    Only for methods that keep the base frozen (lora, ptuning); embeddings and the output layer stay
+    unquantized and the trained weights stay float32, so the result is an ordinary adapter for the
+    full-precision base.
+    """
+
+    bits: int | None = field(
+        default=None, metadata={"help": (
+            "4 or 8 (bitsandbytes NF4/FP4 or LLM.int8() layers); null = no quantization."
+        )})
+    type: Literal["nf4", "fp4"] = field(
+        default="nf4", metadata={"help": "4-bit data type: nf4 (QLoRA's, best for normal weights) or fp4."})
+    double_quant: bool = field(
+        default=True, metadata={"help": "4-bit: quantize the quantization constants too (~0.4 bit/weight less)."})
+    compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = field(
+        default="auto", metadata={"help": (
+            "dtype 4-bit layers compute in: auto = the run's compute precision (bf16/fp16 on GPU, fp32 on CPU)."
+        )})
+
+    def __post_init__(self):
+        if self.bits is not None and self.bits not in (4, 8):
+            raise ConfigError(f"model.quantization.bits must be 4, 8 or null, got {self.bits!r}",
+                              key="model.quantization.bits")
 
 
 @dataclass
@@ -47,6 +77,10 @@ class ModelConfig:
     tokenizer: str = field(
         default="", metadata={"help": (
             'Tokenizer folder or ``tokenizer.model``; empty = the model folder.'
+        )})
+    quantization: QuantizationConfig = field(
+        default_factory=QuantizationConfig, metadata={"help": (
+            'QLoRA: load the frozen base quantized to 4 or 8 bits (lora and ptuning only).'
         )})
 
     def __post_init__(self):
@@ -118,6 +152,11 @@ class TrainingConfig:
         default=False, metadata={"help": (
             'Recompute activations in backward: much less memory, ~30% slower.'
         )})
+    offload_activations: bool = field(
+        default=False, metadata={"help": (
+            "Keep the activations saved for backward in CPU memory (torch's save_on_cpu) instead of on the GPU: "
+            "less GPU memory for long sequences, slower; with gradient_checkpointing only each layer's input moves."
+        )})
     seed: int = field(
         default=42, metadata={"help": (
             'Seed for initialisation of trained weights, dropout and data order.'
@@ -129,7 +168,14 @@ class TrainingConfig:
         )})
     optim: str = field(
         default="adamw_torch", metadata={"help": (
-            'Any Hugging Face optimizer name (adamw_torch, adamw_8bit, adafactor, ...).'
+            'Any Hugging Face optimizer name: adamw_torch, adafactor, and with bitsandbytes adamw_bnb_8bit '
+            '(8-bit AdamW state: 2 instead of 8 bytes per trained weight) or paged_adamw_8bit / paged_adamw_32bit '
+            '(state paged out to CPU under GPU memory pressure).'
+        )})
+    loss_guard: bool = field(
+        default=True, metadata={"help": (
+            'Stop with the cause and the fix when the logged training loss is not finite or exactly 0 (a '
+            'collapsed fp16 run, an empty label mask) instead of training on silently.'
         )})
     weight_decay: float = field(default=0.0, metadata={"help": 'AdamW weight decay.'})
     adam_beta1: float = field(default=0.9, metadata={"help": 'AdamW beta1.'})
@@ -295,6 +341,11 @@ class TrainConfig:
     output: OutputConfig = field(default_factory=OutputConfig, metadata={"help": 'Output folder.'})
 
     def __post_init__(self):
+        if self.model.quantization.bits and self.method.name not in QUANTIZABLE_METHODS:
+            raise ConfigError(
+                f"model.quantization.bits={self.model.quantization.bits} needs a frozen base model, but method "
+                f"{self.method.name!r} trains the base weights themselves (quantized weights cannot be updated); "
+                f"use method.name=lora (QLoRA) or ptuning, or remove model.quantization", key="model.quantization.bits")
         if self.training.resume is not None and self.output.if_exists == "overwrite":
             raise ConfigError("training.resume and output.if_exists=overwrite contradict each other; drop one")
 
