@@ -122,6 +122,34 @@ MethodConfig = make_dataclass(
 
 
 @dataclass
+class FsdpConfig:
+    """PyTorch FSDP2 (``fully_shard``) when launched with several processes (torchrun, accelerate launch).
+
+    Each decoder layer is one shard unit; the first rank loads the weights and the others receive
+    their shards from it (no other rank holds the whole model); checkpoints are sharded (torch
+    distributed checkpoint) and the final result is saved whole by the first rank. Mixed precision
+    follows ``training.precision``, activation checkpointing ``training.gradient_checkpointing``.
+    A single process trains unsharded with the same config.
+    """
+
+    enabled: bool = field(
+        default=False, metadata={"help": (
+            "Shard weights, gradients and optimizer state across the processes (FSDP2); off = DDP, each "
+            "process holds the whole model."
+        )})
+    cpu_offload: bool = field(
+        default=False, metadata={"help": (
+            "Keep the sharded weights, gradients and optimizer state in CPU memory (GPU memory for one "
+            "layer at a time; slower)."
+        )})
+    reshard_after_forward: bool = field(
+        default=True, metadata={"help": (
+            "Free each layer's gathered weights after its forward (gathered again for backward): less "
+            "memory; false keeps them until backward (less communication)."
+        )})
+
+
+@dataclass
 class TrainingConfig:
     """The optimisation loop (Hugging Face Trainer underneath)."""
 
@@ -216,6 +244,8 @@ class TrainingConfig:
             'each rank first loads the whole model into CPU memory (glmtune does not build it '
             'partitioned).'
         )})
+    fsdp: FsdpConfig = field(
+        default_factory=FsdpConfig, metadata={"help": "FSDP2 sharding across processes (see FsdpConfig)."})
     tensorboard: bool | None = field(
         default=None, metadata={"help": (
             "TensorBoard logs under OUTPUT/runs. null (default): when tensorboard is installed, else "
@@ -346,8 +376,21 @@ class TrainConfig:
                 f"model.quantization.bits={self.model.quantization.bits} needs a frozen base model, but method "
                 f"{self.method.name!r} trains the base weights themselves (quantized weights cannot be updated); "
                 f"use method.name=lora (QLoRA) or ptuning, or remove model.quantization", key="model.quantization.bits")
+        check_sharding(self)
         if self.training.resume is not None and self.output.if_exists == "overwrite":
             raise ConfigError("training.resume and output.if_exists=overwrite contradict each other; drop one")
+
+
+def check_sharding(cfg: TrainConfig) -> None:
+    """Refuse sharding combinations that cannot work, while the config is parsed (before any model load)."""
+    if cfg.training.fsdp.enabled and cfg.training.deepspeed:
+        raise ConfigError("training.fsdp.enabled and training.deepspeed both shard the model; choose one "
+                          "(remove training.deepspeed, or set training.fsdp.enabled=false)", key="training.fsdp.enabled")
+    if cfg.training.fsdp.enabled and cfg.model.quantization.bits:
+        # bitsandbytes' quantized weights are not DTensor-shardable by fully_shard (no quant_storage path here).
+        raise ConfigError("model.quantization (QLoRA) cannot be combined with training.fsdp.enabled: quantized "
+                          "layers are not sharded by FSDP2; drop training.fsdp (each process then holds the "
+                          "quantized base, DDP) or train without quantization", key="training.fsdp.enabled")
 
 
 def check_deepspeed(path: str | None) -> None:
