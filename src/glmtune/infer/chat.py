@@ -76,12 +76,7 @@ class ReplyStream:
         decoder = IncrementalDecoder(session.tokenizer)
         ids: list[int] = []
         shown = ""  # the visible text already yielded
-        cfg = session.sampling
-        tokens = generate_stream(session.model, self.prompt, max_new_tokens=cfg.max_new_tokens,
-                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                 repetition_penalty=cfg.repetition_penalty, generator=session.generator,
-                                 stop_ids=session.tokenizer.stop_ids)
-        for token in tokens:
+        for token in self.tokens():
             if self.should_stop is not None and self.should_stop():
                 break  # e.g. the client went away: leaving the loop ends generation
             ids.append(token)
@@ -97,6 +92,14 @@ class ReplyStream:
             rest = self.reply.content[len(shown):]
             if rest:
                 yield rest
+
+    def tokens(self) -> Iterator[int]:
+        """The generated ids, stop token excluded (the server's batcher overrides this to feed its own)."""
+        session, cfg = self.session, self.session.sampling
+        return generate_stream(session.model, self.prompt, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                               repetition_penalty=cfg.repetition_penalty, generator=session.generator,
+                               stop_ids=session.tokenizer.stop_ids)
 
     def text(self) -> Reply:
         """Run to the end and return the reply."""
