@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -102,9 +103,8 @@ def test_tool_calling_sharegpt_entry_encodes_as_native_chatglm3(tmp_path, tokeni
     ({"file_name": "d.json", "ranking": True, "formatting": "sharegpt",
       "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}},
      r"'d' is a preference dataset \(ranking: true\): reward modeling and DPO"),
-    ({"hf_hub_url": "llamafactory/alpaca_zh", "ms_hub_url": "llamafactory/alpaca_zh"},
-     r"comes from hf_hub_url 'llamafactory/alpaca_zh': glmtune cannot download datasets; download it yourself, "
-     r"place the file in the data folder, and give the entry \"file_name\""),
+    ({"script_url": "belle_multiturn"}, r"cannot download d from the hub \(script_url 'belle_multiturn': glmtune "
+                                        r"reads only the Hugging Face and ModelScope hubs\); place the file in"),
     ({"file_name": "d.json", "columns": {"prompt": "q", "images": "img"}}, r"column 'images' is not supported: .*text"),
     ({"file_name": "d.json", "columns": {"messages": "c"}}, r"column 'messages' does not apply to alpaca formatting"),
     ({"file_name": "d.json", "formatting": "sharegpt", "tags": {"role_tg": "r"}}, r"unknown tag 'role_tg'"),
@@ -128,7 +128,7 @@ def test_glmtune_registry_columns_keep_their_direction(tmp_path, tokenizer):
     assert ours == _encoded(tmp_path, tokenizer, registry_file="dataset_info.json", datasets=["ad"])
 
 
-def test_bundled_registry_names_public_sets_and_finds_files_in_the_data_folder(tmp_path, tokenizer):
+def test_bundled_registry_names_public_sets_and_finds_files_in_the_data_folder(tmp_path, tokenizer, monkeypatch):
     from glmtune.data.dataset_info import bundled_registry
 
     bundled = json.loads(bundled_registry().read_text(encoding="utf-8"))
@@ -139,8 +139,11 @@ def test_bundled_registry_names_public_sets_and_finds_files_in_the_data_folder(t
     _write(tmp_path / "native.json", [{"instruction": "type#dress", "output": "A dress."}])
     got = _encoded(tmp_path, tokenizer, registry_file="bundled", datasets=["AdvertiseGen"])
     assert got == _encoded(tmp_path, tokenizer, train_file="native.json")
-    with pytest.raises(DataError, match=r"'firefly'.*firefly-train-1.1M.jsonl does not exist .*YeungNLP/"
-                                        r"firefly-train-1.1M.*cannot download"):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # the optional hub library, absent
+    monkeypatch.setenv("GLMTUNE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"'firefly': cannot download firefly from the hub \(hf_hub_url 'YeungNLP/"
+                                        r"firefly-train-1.1M': .*\); place the file in .* \(this entry reads "
+                                        r".*firefly-train-1.1M.jsonl\)"):
         split_sources(DataConfig(registry_file="bundled", datasets=["firefly"]), tmp_path)
 
 

@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..data.by_name import DEFAULT_DATASET_DIR, all_conversations, named_sources
 from ..data.config import DataConfig
-from ..data.process import load_conversations
+from ..data.registry import Source
 from ..errors import UserError
 from .chat import add_model_arguments
 from .data import _columns, _refuse_input_as_output
@@ -22,7 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "greedy by default) and score it as the training evaluation does. Writes "
                                    "predictions.jsonl and metrics.json to --out.")
     add_model_arguments(p)
-    p.add_argument("--data", required=True, help="dataset file (JSON, JSONL, CSV, Parquet ...)")
+    p.add_argument("--data", default=None, help="dataset file (JSON, JSONL, CSV, Parquet ...)")
+    p.add_argument("--dataset", metavar="NAME[,NAME...]",
+                   help="evaluate registry datasets by name instead of --data (as train/data check --dataset): from "
+                        "--registry, else DATASET_DIR/dataset_info.json, else the bundled registry")
+    p.add_argument("--dataset-dir", default=DEFAULT_DATASET_DIR,
+                   help="folder of the --dataset files and of dataset_info.json (default: data, as LLaMA-Factory)")
+    p.add_argument("--registry", default=None,
+                   help="registry file for --dataset (a relative path is looked for in --dataset-dir first, then here)")
     p.add_argument("--format", default="auto", help="record format (default: detected from the first record)")
     p.add_argument("--columns", default="",
                    help="column mapping src=dst[,src=dst] (e.g. content=user,summary=assistant), as for glmtune data")
@@ -41,18 +49,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_dataset(path, fmt: str, columns: str = ""):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: dataset file not found")
-    conversations, problems = load_conversations(path, DataConfig(format=fmt, columns=_columns(columns)))
-    if problems:
-        first = problems[0]
-        raise UserError(f"{len(problems)} invalid record(s) in {path}; first: {first}. "
-                        "Run `glmtune data check` on the file for the full list")
-    if not conversations:
-        raise UserError(f"{path}: no records to evaluate")
-    return conversations
+def load_dataset(path, fmt: str, columns: str = "", dataset: str | None = None, dataset_dir: str | None = None,
+                 registry: str | None = None):
+    """Conversations of ``--data`` (a file) or ``--dataset`` (registry names, each read as its entry says)."""
+    if bool(path) == bool(dataset):
+        raise UserError("glmtune eval needs one of --data FILE or --dataset NAME[,NAME...]")
+    cfg = DataConfig(format=fmt, columns=_columns(columns))
+    if dataset:
+        sources = named_sources(dataset, dataset_dir, registry)
+    else:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: dataset file not found")
+        sources = [Source(Path(path))]
+    return all_conversations(sources, cfg)
 
 
 def check_out(args: argparse.Namespace) -> None:
@@ -85,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if args.out:
         check_out(args)
-    conversations = load_dataset(args.data, args.format, args.columns)
+    conversations = load_dataset(args.data, args.format, args.columns, args.dataset, args.dataset_dir, args.registry)
     model, tok = load_for_inference(args.model, adapter=args.adapter, prefix=args.prefix, tokenizer=args.tokenizer,
                                     dtype=args.dtype, device=args.device)
     total = len(build_samples(conversations, tok, settings))
@@ -93,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(model, tok, conversations, settings, progress=bar.update)
     print(json.dumps(result.metrics, ensure_ascii=False))
     if args.out:
-        info = {"model": args.model, "adapter": args.adapter, "prefix": args.prefix, "data": args.data,
+        info = {"model": args.model, "adapter": args.adapter, "prefix": args.prefix, "data": args.data or args.dataset,
                 "settings": settings_dict(settings)}
         pred_path, metrics_path = write_results(result, Path(args.out), info)
         print(f"wrote {pred_path} ({result.num_samples} samples) and {metrics_path}", file=sys.stderr)

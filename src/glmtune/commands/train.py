@@ -19,6 +19,7 @@ import yaml
 from ..config import config_to_dict, load_config
 from ..config.doc import describe_config
 from ..config.llamafactory import translation_notes
+from ..data.by_name import DEFAULT_DATASET_DIR, registry_path
 from ..errors import UserError
 
 EPILOG = """examples:
@@ -44,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train on these registry datasets (name or name:ratio) instead of the config's files: "
                         "from data.registry_file, else DATA_DIR/dataset_info.json (LLaMA-Factory's), else the "
                         "bundled registry of public datasets (alpaca_zh, belle_*, firefly, AdvertiseGen, identity...)")
+    p.add_argument("--dataset-dir", metavar="DIR",
+                   help="folder of the --dataset files and of dataset_info.json (sets data.data_dir; LLaMA-Factory's "
+                        "dataset_dir)")
+    p.add_argument("--registry", metavar="FILE",
+                   help="registry file the dataset names come from (sets data.registry_file; a relative path is "
+                        "looked for in --dataset-dir, default data, first, then here)")
     p.add_argument("--help-config", action="store_true",
                    help="print every config option with its type, default and help, and exit")
     p.set_defaults(func=run)
@@ -85,9 +92,13 @@ def run(args: argparse.Namespace) -> int:
     config, overrides, kwargs = parse_call(list(args.args))
     if not Path(config).is_file():
         raise UserError(f"{config}: config file not found")
+    if args.dataset_dir:
+        kwargs["data_dir"] = args.dataset_dir
+    if args.registry or args.dataset_dir:
+        overrides.append(f"data.registry_file={registry_path(args.registry, args.dataset_dir or DEFAULT_DATASET_DIR)}")
     cfg = load_config(config, overrides, datasets=args.dataset, **kwargs)
     if args.print_config:
-        notes = translation_notes(config)
+        notes = translation_notes(config, overrides)
         if notes:
             print("# LLaMA-Factory config translated (key: value -> glmtune option):")
             print("".join(f"#   {note}\n" for note in notes), end="")

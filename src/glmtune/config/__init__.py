@@ -14,7 +14,7 @@ import yaml
 
 from ..data.registry import default_registry, registry_sources
 from ..errors import GlmtuneError
-from .llamafactory import convert_llamafactory, is_llamafactory
+from .llamafactory import apply_cli_overrides, convert_llamafactory, is_llamafactory
 from .official import convert_official, is_official
 from .parse import ConfigError, Source, apply_overrides, build, read_yaml, to_dict
 from .schema import (
@@ -83,6 +83,7 @@ def load_config(
         data = convert_official(data, source)
         base = Path.cwd()  # the demo resolves its data files against DATA_DIR, else the working dir
     elif is_llamafactory(data):
+        data, overrides = apply_cli_overrides(data, list(overrides or []), source)  # learning_rate=1e-4, as LF
         data = convert_llamafactory(data, source)[0]
         base = Path.cwd()  # llamafactory-cli resolves every path against the working directory
     data = apply_overrides(data, [], source)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from .official import HF_DEFAULTS, IGNORED_TRAINING_ARGS, TRAINING_ARGS_MAP, _set, _training_args, extra_args_fields
 from ..data.registry import default_registry
 from .parse import ConfigError, Source, read_yaml, unknown_key
@@ -102,10 +104,37 @@ TEMPLATES = {"chatglm3": None,
                      "(template: chatglm3)"}
 
 
-def translation_notes(path: str | Path) -> list[str]:
-    """What each key of a LLaMA-Factory config file became (empty for any other config)."""
+def translation_notes(path: str | Path, overrides: list[str] | tuple = ()) -> list[str]:
+    """What each key of a LLaMA-Factory config file (and its ``key=value`` overrides) became; empty for others."""
     data, lines = read_yaml(Path(path))
-    return convert_llamafactory(data, Source(str(path), lines))[1] if is_llamafactory(data) else []
+    if not is_llamafactory(data):
+        return []
+    source = Source(str(path), lines)
+    return convert_llamafactory(apply_cli_overrides(data, list(overrides), source)[0], source)[1]
+
+
+def apply_cli_overrides(data: dict, overrides: list[str], source: Source) -> tuple[dict, list[str]]:
+    """(config with LLaMA-Factory's own overrides applied, the glmtune ``section.key=value`` overrides left).
+
+    ``llamafactory-cli train x.yaml learning_rate=1e-4`` sets one of its keys: a key
+    with no dot (``--learning_rate=1e-4`` too) is applied here, before translation, so it
+    means what it means in the YAML; an unknown one is answered with the nearest name
+    when the config is translated. Dotted keys are glmtune's and apply after.
+    """
+    data, rest = dict(data), []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if not sep or not key or "." in key or key in OUR_SECTIONS:
+            rest.append(item)
+            continue
+        try:
+            data[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            data[key] = raw
+        source.lines.pop(key, None)
+        source.overridden.add(key)  # errors about it say "command-line override KEY"
+    return data, rest
 
 
 def is_llamafactory(data: dict) -> bool:
@@ -136,6 +165,8 @@ def convert_llamafactory(data: dict, source: Source) -> tuple[dict, list[str]]:
         else:
             hf_args[key] = value
             source.alias(f"training_args.{key}", key)  # errors of _training_args point at the key's line
+            if key in source.overridden:  # ... or at the command line (apply_cli_overrides)
+                source.overridden.add(f"training_args.{key}")
     _hf_training_args(hf_args, out, source, notes)
     return out, notes
 
@@ -209,9 +240,12 @@ def _data(data: dict, out: dict, notes: list[str]) -> None:
         _set(out, f"data.{key}", value)
     notes.append(f"cutoff_len: {cutoff} -> data.max_seq_length (over-long samples are cut at the end, as the "
                  "official demo does; LLaMA-Factory shortens prompt and answer in proportion)")
+    seed = data.get("seed", 42)  # Hugging Face's default, which LLaMA-Factory's train_test_split then uses
+    _set(out, "data.seed", seed)
     if data.get("val_size"):
         _set(out, "data.val_size", data["val_size"])
-        notes.append(f"val_size: {data['val_size']} -> data.val_size (seeded by data.seed)")
+        notes.append(f"val_size: {data['val_size']} -> data.val_size (split seeded by seed {seed}, as "
+                     "LLaMA-Factory's train_test_split)")
     if data.get("packing") or data.get("neat_packing"):
         _set(out, "data.packing", True)
         notes.append("packing/neat_packing -> data.packing (no attention across packed samples, as neat_packing)")
@@ -245,7 +279,7 @@ def _hf_training_args(args: dict, out: dict, source: Source, notes: list[str]) -
         _set(out, "evaluation.steps", out["training"]["logging_steps"])
     extra = out["training"].get("extra_args", {})
     for key, value in args.items():
-        ours = TRAINING_ARGS_MAP.get(key) or SPECIAL_ARGS.get(key) or (f"training.extra_args.{key}" if key in extra
+        ours = SPECIAL_ARGS.get(key) or TRAINING_ARGS_MAP.get(key) or (f"training.extra_args.{key}" if key in extra
                                                                       else None)
         notes.append(f"{key}: {value!r} -> {ours}" if ours else
                      f"{key}: {value!r} -> ignored ({IGNORED_TRAINING_ARGS.get(key, 'no effect with this value')})")
@@ -253,4 +287,5 @@ def _hf_training_args(args: dict, out: dict, source: Source, notes: list[str]) -
 
 SPECIAL_ARGS = {"bf16": "training.precision", "fp16": "training.precision", "use_cpu": "model.device",
                 "eval_strategy": "evaluation.strategy", "evaluation_strategy": "evaluation.strategy",
-                "save_strategy": "training.save_steps (no: 0)", "generation_config": "evaluation.max_new_tokens"}
+                "save_strategy": "training.save_steps (no: 0)", "generation_config": "evaluation.max_new_tokens",
+                "seed": "training.seed and data.seed (the val_size split)"}

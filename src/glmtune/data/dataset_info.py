@@ -10,9 +10,10 @@ glmtune's own mapping here, so such a record encodes exactly like the same
 record written in glmtune's native alpaca/sharegpt format.
 
 Not supported, each refused with the reason: ``ranking`` (preference data for
-reward modeling / DPO, which glmtune does not train), hub and script entries
-(``hf_hub_url``, ``ms_hub_url``, ``script_url``: glmtune reads local files and
-never downloads), multimodal and KTO columns.
+reward modeling / DPO, which glmtune does not train), ``script_url`` and
+``om_hub_url`` entries, multimodal and KTO columns. Hub entries (``hf_hub_url``,
+``ms_hub_url``) read ``file_name`` from the data folder when it is there, else
+are downloaded through the optional ``datasets`` library (:mod:`.hub`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ..errors import closest
 from .errors import DataError
+from .hub import hub_file
 
 # LLaMA-Factory role -> glmtune's canonical key, per formatting (src/llamafactory/data/parser.py, DatasetAttr).
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
@@ -43,7 +45,8 @@ TAG_PREFIX = "@"
 """Tags travel inside a source's column mapping as ``@role_tag`` etc. (no file column starts with ``@``), so
 the cache key and every reader of the mapping see them with no extra plumbing."""
 ENTRY_KEYS = ("file_name", "formatting", "columns", "tags", "ranking", "hf_hub_url", "ms_hub_url", "om_hub_url",
-              "script_url", "cloud_file_name", "subset", "split", "folder", "num_samples", "revision")
+              "script_url", "cloud_file_name", "subset", "split", "folder", "num_samples", "revision", "file_sha1")
+"""``file_sha1`` (older LLaMA-Factory and ChatGLM-Efficient-Tuning registries) is accepted and not checked."""
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 
 
@@ -52,8 +55,28 @@ def is_dataset_info_entry(entry) -> bool:
     return isinstance(entry, dict) and "file" not in entry and any(k in entry for k in ENTRY_KEYS)
 
 
-def entry_source(name: str, entry: dict, where: str) -> tuple[str, str, dict[str, str]]:
-    """(file name, glmtune format, glmtune column mapping incl. tags) of one dataset_info entry."""
+def entry_source(name: str, entry: dict, where: str, files_dir: Path) -> tuple[Path, str, dict[str, str]]:
+    """(file, glmtune format, glmtune column mapping incl. tags) of one dataset_info entry.
+
+    The file is ``file_name`` (relative to ``files_dir``); a hub entry (``hf_hub_url``/``ms_hub_url``) whose file is not
+    there is downloaded through the ``datasets`` library (:mod:`.hub`), or refused saying where to put the file.
+    """
+    _check_entry(name, entry, where)
+    formatting = entry.get("formatting", "alpaca")
+    columns = translate_columns(name, formatting, entry.get("columns") or {}, where)
+    if formatting == "sharegpt":
+        columns.update(translate_tags(name, entry.get("tags") or {}, where))
+    elif entry.get("tags"):
+        raise DataError(f"{where}: dataset {name!r}: tags apply to sharegpt formatting only (LLaMA-Factory ignores "
+                        "them for alpaca; fix: remove them or set formatting: sharegpt)")
+    file_name = entry.get("file_name")
+    if file_name and ((files_dir / file_name).exists() or not any(entry.get(k) for k in HUB_KEYS)):
+        return Path(file_name), formatting, columns  # resolved (and a missing one reported) by the registry
+    return hub_file(name, entry, where, files_dir), formatting, columns
+
+
+def _check_entry(name: str, entry: dict, where: str) -> None:
+    """Refuse what glmtune cannot read, each with the reason and the fix."""
     unknown = [k for k in entry if k not in ENTRY_KEYS]
     if unknown:
         raise DataError(f"{where}: dataset {name!r}: unknown key {unknown[0]!r}; {closest(unknown[0], ENTRY_KEYS)}"
@@ -61,30 +84,19 @@ def entry_source(name: str, entry: dict, where: str) -> tuple[str, str, dict[str
     if entry.get("ranking"):
         raise DataError(f"{where}: dataset {name!r} is a preference dataset (ranking: true): reward modeling and "
                         "DPO/ORPO/KTO are not supported by glmtune (fix: use an SFT dataset)")
-    hub = [k for k in HUB_KEYS if entry.get(k)]
-    if hub and not entry.get("file_name"):
-        raise DataError(f"{where}: dataset {name!r} comes from {hub[0]} {entry[hub[0]]!r}: glmtune cannot download "
-                        "datasets; download it yourself, place the file in the data folder, and give the entry "
-                        "\"file_name\": \"FILE\" (JSON, JSON lines, CSV or parquet)")
     if entry.get("num_samples") is not None:
         raise DataError(f"{where}: dataset {name!r}: num_samples is not supported; sample with a ratio instead "
                         f"(dataset: {name}:0.5), or cap every dataset with max_samples")
-    if entry.get("split", "train") != "train" or entry.get("subset") or entry.get("folder"):
+    hub = any(entry.get(k) for k in HUB_KEYS)
+    if not hub and (entry.get("split", "train") != "train" or entry.get("subset") or entry.get("folder")):
         raise DataError(f"{where}: dataset {name!r}: split/subset/folder select parts of a hub dataset; glmtune "
                         "reads one local file per entry (fix: point file_name at that part's file)")
-    if not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
+    if not hub and (not isinstance(entry.get("file_name"), str) or not entry["file_name"]):
         raise DataError(f"{where}: dataset {name!r} has no file_name (expected \"file_name\": \"data.json\")")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise DataError(f"{where}: dataset {name!r}: formatting {formatting!r} is unknown "
                         "(expected alpaca or sharegpt, as in LLaMA-Factory)")
-    columns = translate_columns(name, formatting, entry.get("columns") or {}, where)
-    if formatting == "sharegpt":
-        columns.update(translate_tags(name, entry.get("tags") or {}, where))
-    elif entry.get("tags"):
-        raise DataError(f"{where}: dataset {name!r}: tags apply to sharegpt formatting only (LLaMA-Factory ignores "
-                        "them for alpaca; fix: remove them or set formatting: sharegpt)")
-    return entry["file_name"], formatting, columns
 
 
 def translate_columns(name: str, formatting: str, columns, where: str) -> dict[str, str]:
@@ -99,7 +111,9 @@ def translate_columns(name: str, formatting: str, columns, where: str) -> dict[s
         if role not in known:
             raise DataError(f"{where}: dataset {name!r}: column {role!r} does not apply to {formatting} formatting "
                             f"(valid: {', '.join(known)}); LLaMA-Factory's columns map a role to a column of the file")
-        if not isinstance(column, str) or not column:
+        if column == "" or column is None:
+            continue  # ChatGLM-Efficient-Tuning's registries write "query": "" for "no such column"
+        if not isinstance(column, str):
             raise DataError(f"{where}: dataset {name!r}: columns.{role} must name a column of the file")
         if column != known[role]:
             out[column] = known[role]

@@ -101,8 +101,7 @@ def registry_sources(registry_file: str | Path | None, names: list[str], base_di
         if entry is None:
             raise DataError(f"{reg_path}: unknown dataset {name!r}; known: {', '.join(sorted(registry)) or 'none'}")
         if is_dataset_info_entry(entry):
-            file_name, fmt, columns = entry_source(name, entry, str(reg_path))
-            file = Path(file_name)
+            file, fmt, columns = entry_source(name, entry, str(reg_path), files_dir)
         elif not isinstance(entry, dict) or not entry.get("file"):
             raise DataError(f"{reg_path}: dataset {name!r} has no 'file' (expected {{file, format, columns, ratio}}, "
                             "or LLaMA-Factory's {file_name, formatting, columns, tags})")

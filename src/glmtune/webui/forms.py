@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..config import config_to_dict, load_config
+from ..data.by_name import DEFAULT_DATASET_DIR, dataset_names, registry_path, split_names
 from ..errors import UserError
 from ..methods.catalog import METHODS  # the one method registry (names for the form's radio)
 
@@ -26,6 +27,9 @@ class TrainForm:
     output_root: str
     run_name: str
     val_file: str = ""
+    dataset: str | list = ""
+    """Registry names instead of ``train_file`` (a list from the multi-select, or ``a,b:0.5``), as ``--dataset``."""
+    dataset_dir: str = DEFAULT_DATASET_DIR
     data_format: str = "auto"
     method: str = "lora"
     lora_r: int = 8
@@ -75,13 +79,28 @@ def _method_section(form: TrainForm) -> dict:
     return section
 
 
+def _training_data(form: TrainForm) -> dict:
+    """The data section's training part: registry names (as ``glmtune train --dataset``) or one file."""
+    names = split_names(form.dataset)
+    if names:
+        folder = _absolute(form.dataset_dir or DEFAULT_DATASET_DIR)
+        return {"datasets": names, "data_dir": folder, "registry_file": registry_path(None, folder)}
+    if not form.train_file.strip():
+        raise UserError("training data: empty; pick or upload a data file on the Data page, type its path, or "
+                        "choose datasets by name")
+    return {"train_file": _absolute(form.train_file)}
+
+
+def dataset_choices(dataset_dir: str | None = None) -> list[str]:
+    """Names the dataset picker offers: DATASET_DIR/dataset_info.json's, else the bundled registry's."""
+    return dataset_names(dataset_dir or DEFAULT_DATASET_DIR)
+
+
 def form_to_config(form: TrainForm) -> dict:
     """The config dict the form describes (absolute paths: the YAML is trained from the run folder)."""
     if not form.model_path.strip():
         raise UserError("model folder: empty; give a model folder (e.g. THUDM/chatglm3-6b downloaded locally)")
-    if not form.train_file.strip():
-        raise UserError("training data: empty; pick or upload a data file on the Data page, or type its path")
-    data = {"train_file": _absolute(form.train_file), "format": form.data_format,
+    data = {**_training_data(form), "format": form.data_format,
             "max_input_length": int(form.max_input_length), "max_output_length": int(form.max_output_length),
             "packing": bool(form.packing)}
     if form.val_file.strip():

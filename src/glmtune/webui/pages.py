@@ -77,6 +77,11 @@ def _train_form(ctx: AppContext) -> dict:
         c["train_file"] = gr.Textbox(label="training data file", value=ctx.data, scale=2, elem_id="train-data")
         c["val_file"] = gr.Textbox(label="validation data file (optional)", scale=2)
         c["data_format"] = gr.Dropdown(FORMATS, value="auto", label="format", scale=1)
+    with gr.Row():  # or datasets by name, as `glmtune train --dataset` (DATASET_DIR/dataset_info.json, else bundled)
+        c["dataset"] = gr.Dropdown(forms.dataset_choices(), multiselect=True, allow_custom_value=True, scale=3,
+                                   label="or datasets by name (replace the training file)", elem_id="train-dataset")
+        c["dataset_dir"] = gr.Textbox(label="dataset folder", value="data", scale=1)
+    c["dataset_dir"].change(lambda d: gr.update(choices=forms.dataset_choices(d)), c["dataset_dir"], c["dataset"])
     with gr.Row():
         c["output_root"] = gr.Textbox(label="runs folder", value=str(ctx.runs_root), scale=2)
         c["run_name"] = gr.Textbox(label="run name", value="run-1", scale=1, elem_id="train-run-name")
@@ -233,6 +238,8 @@ def eval_page(ctx: AppContext, state) -> None:
     with gr.Row():
         data = gr.Textbox(label="dataset file", value=ctx.data, scale=3)
         fmt = gr.Dropdown(FORMATS, value="auto", label="format", scale=1)
+        names = gr.Dropdown(forms.dataset_choices(), multiselect=True, allow_custom_value=True, scale=2,
+                            label="or datasets by name (data/dataset_info.json, else bundled)")
         max_samples = gr.Number(value=20, precision=0, label="max samples", scale=1, elem_id="eval-max-samples")
         max_new = gr.Number(value=128, precision=0, label="max new tokens", scale=1, elem_id="eval-max-new")
         batch = gr.Number(value=8, precision=0, label="batch size", scale=1)
@@ -241,17 +248,18 @@ def eval_page(ctx: AppContext, state) -> None:
     table = gr.Dataframe(headers=["source", "reference", "prediction", "ROUGE-L"], wrap=True, label="predictions")
 
     @ui_errors
-    def do_eval(st, m, a, p, path, fmt_value, n, new_tokens, batch_size, progress=gr.Progress()):
+    def do_eval(st, m, a, p, path, fmt_value, chosen, n, new_tokens, batch_size, progress=gr.Progress()):
         chat_state.load(st, _weights(m, a, p), reset=False)
         settings = EvalSettings(batch_size=int(batch_size), max_new_tokens=int(new_tokens),
                                 max_samples=int(n) if n else None)
         progress(0, desc="generating")
         result, rows = tasks.evaluate_file(st.loaded.model, st.loaded.tokenizer, path, fmt_value, settings,
                                            progress=lambda done, total: progress(done / max(total, 1),
-                                                                                 desc=f"{done}/{total} samples"))
+                                                                                 desc=f"{done}/{total} samples"),
+                                           dataset=chosen)
         return result.metrics, rows
 
-    run_eval.click(do_eval, [state, model, adapter, prefix, data, fmt, max_samples, max_new, batch],
+    run_eval.click(do_eval, [state, model, adapter, prefix, data, fmt, names, max_samples, max_new, batch],
                    [metrics, table])
 
 
