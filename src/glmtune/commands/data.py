@@ -14,7 +14,8 @@ from ..data.encode import encode_sample
 from ..data.errors import DataError
 from ..data.process import load_conversations, merge_processed, process_source
 from ..data.readers import data_files
-from ..data.registry import Source, default_registry, registry_sources
+from ..data.by_name import named_sources
+from ..data.registry import Source
 from ..errors import UserError
 
 
@@ -46,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder of the datasets and of dataset_info.json (default: data, as LLaMA-Factory); names "
                         "not in it come from the bundled registry of public datasets")
     c.add_argument("--registry", default=None, help="registry file to read the names from (glmtune's or a "
-                                                    "LLaMA-Factory dataset_info.json)")
+                                                    "LLaMA-Factory dataset_info.json; a relative path is looked for "
+                                                    "in --dataset-dir first, then here)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=run_check)
 
@@ -146,13 +148,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def _dataset_sources(args: argparse.Namespace) -> list:
     """Sources of ``--dataset`` names: from --registry, else DATASET_DIR/dataset_info.json, else bundled."""
-
-
-    if not args.dataset:
-        return []
-    folder = Path(args.dataset_dir).expanduser()
-    names = [s.strip() for s in args.dataset.split(",") if s.strip()]
-    return registry_sources(args.registry or default_registry(folder), names, folder)
+    return named_sources(args.dataset, args.dataset_dir, args.registry)
 
 
 def run_preview(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.by_name import all_conversations, named_sources
 from ..data.config import DataConfig
 from ..errors import UserError
 from ..train.layout import FINAL_DIR, checkpoints
@@ -41,10 +42,14 @@ class CheckResult:
     """Sample lengths before truncation (the histogram's data)."""
 
 
-def check_data(paths: list[str], tokenizer_path: str, cfg: DataConfig) -> CheckResult:
-    """``glmtune data check``: every problem with its file:line, the report, and the length distribution."""
+def check_data(paths: list[str], tokenizer_path: str, cfg: DataConfig, dataset: str | list = "",
+               dataset_dir: str | None = None) -> CheckResult:
+    """``glmtune data check`` (files and/or ``--dataset`` names): every problem with its file:line, the report,
+    and the length distribution."""
+    named = named_sources(dataset, dataset_dir)
+    sources = [Source(f) for f in _files(paths)] if paths or not named else []
     tok = load_tokenizer(tokenizer_path)
-    result = merge_processed([process_source(Source(f), cfg, tok) for f in _files(paths)])
+    result = merge_processed([process_source(source, cfg, tok) for source in sources + named])
     rows = [[_where(p), _what(p)] for p in result.problems]
     report = result.report
     report.examples = []  # every problem is in the table
@@ -136,15 +141,12 @@ def run_results(run_dir: Path) -> list[str]:
 
 
 def evaluate_file(model, tok, data_path: str, fmt: str, settings,
-                  progress: Callable[[int, int], None] | None = None):
-    """``glmtune eval`` on a loaded model: (metrics, prediction rows). ``progress(done, total)`` per batch."""
-    files = _files([data_path])
-    conversations, problems = load_conversations(files[0], DataConfig(format=fmt or "auto", cache=False))
-    if problems:
-        raise UserError(f"{len(problems)} invalid record(s) in {files[0]}; first: {problems[0]}. "
-                        "Run the data check for the full list")
-    if not conversations:
-        raise UserError(f"{files[0]}: no records to evaluate")
+                  progress: Callable[[int, int], None] | None = None, dataset: str | list = "",
+                  dataset_dir: str | None = None):
+    """``glmtune eval`` on a loaded model (a file, or ``--dataset`` names when given): (metrics, prediction rows).
+    ``progress(done, total)`` per batch."""
+    sources = named_sources(dataset, dataset_dir) or [Source(f) for f in _files([data_path])[:1]]
+    conversations = all_conversations(sources, DataConfig(format=fmt or "auto", cache=False))
     total = len(build_samples(conversations, tok, settings))
     done = [0]
 
