@@ -118,5 +118,8 @@ def test_cache_key_covers_template_tokenizer_format_and_columns(tmp_path, tokeni
     assert key != cache.cache_key(src, DataConfig(columns=base.columns, skip_invalid=True), tokenizer)
     other = train_tokenizer(["hello world 你好 世界"] * 50, tmp_path / "tok", vocab_size=300)
     assert key != cache.cache_key(src, base, other)
-    monkeypatch.setattr(cache, "TEMPLATE_VERSION", "chatglm3-next")
+    monkeypatch.setattr(cache, "template_version", lambda tok: "chatglm3:next")
+    assert key != cache.cache_key(src, base, tokenizer)
+    # The same tokenizer file under another family (ChatGLM2 and ChatGLM3 share it) is another cache.
+    monkeypatch.setattr(cache, "template_version", lambda tok: "chatglm2:1")
     assert key != cache.cache_key(src, base, tokenizer)

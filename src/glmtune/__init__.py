@@ -6,7 +6,7 @@ from .version import __version__
 # Loaded on first use (PEP 562): models and the tokenizer import torch, which `glmtune --help`, `--version`
 # and `glmtune train --help-config` must not pay for.
 _LAZY = {"CheckpointError": "models", "load_model": "api", "save_model": "models",
-         "ChatGLMTokenizer": "tokenizer", "load_tokenizer": "tokenizer"}
+         "ChatGLMTokenizer": "tokenizer", "load_tokenizer": "families"}
 __getattr__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["ChatGLMTokenizer", "CheckpointError", "load_model", "load_tokenizer", "save_model", "__version__"]

@@ -38,7 +38,7 @@ from .methods.ptuning_io import add_prefix_to_checkpoint
 from .models import (load_model, resolve_dtype, save_model, write_generation_config, CheckpointError, SHAPES,
                      read_model_config, shape_config)
 from .models.checkpoint import checkpoint_dtype, weight_files
-from .tokenizer import find_tokenizer, load_tokenizer
+from .families import find_tokenizer, load_tokenizer
 
 __all__ = ["ExportError", "ExportResult", "check_out_dir", "export_model", "export_tokenizer", "parse_size"]
 

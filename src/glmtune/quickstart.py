@@ -98,7 +98,8 @@ def write_dataset(out: Path, name: str, author: str) -> Path:
 
 def make_tokenizer(out: Path, data_file: Path, given: str | None):
     # deferred: imports torch
-    from .tokenizer import load_tokenizer, train_tokenizer
+    from .families import load_tokenizer
+    from .tokenizer import train_tokenizer
 
     if given:
         tok = load_tokenizer(given)
@@ -164,7 +165,7 @@ def scripted_chat(model_dir: Path, adapter: Path | None, tok_dir: Path) -> list[
     from .api import load_model
     from .infer.chat import ChatSession
     from .infer.sampling import SamplingConfig
-    from .tokenizer import load_tokenizer
+    from .families import load_tokenizer
 
     model = load_model(model_dir, adapter=adapter)
     session = ChatSession(model, load_tokenizer(tok_dir), sampling=SamplingConfig(temperature=0.0, max_new_tokens=64))

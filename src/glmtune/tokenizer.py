@@ -52,6 +52,8 @@ class ChatGLMTokenizer:
     padding_side = "left"
     family_name = "chatglm3"
     """The model family whose format this tokenizer serves (``glmtune.families``)."""
+    special_token_names = SPECIAL_TOKENS
+    """Special tokens appended after the SentencePiece pieces, in id order (ChatGLM2 has only the first five)."""
 
     def __init__(self, model_file: str | os.PathLike):
         model_file = Path(model_file)
@@ -63,12 +65,12 @@ class ChatGLMTokenizer:
             raise TokenizerError(f"{model_file}: not a SentencePiece model ({exc})") from None
         self.model_file = model_file
         self.sp_size = self.sp.vocab_size()
-        self.special_tokens = {tok: self.sp_size + i for i, tok in enumerate(SPECIAL_TOKENS)}
+        self.special_tokens = {tok: self.sp_size + i for i, tok in enumerate(self.special_token_names)}
         self.index_special_tokens = {i: tok for tok, i in self.special_tokens.items()}
         self.pad_token_id = self.sp.unk_id()
         self.eos_token_id = self.sp.eos_id()
         self.bos_token_id = self.sp.bos_id()
-        self._special_re = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
+        self._special_re = re.compile("(" + "|".join(re.escape(t) for t in self.special_token_names) + ")")
         self._hf = None
 
     # -- the transformers tokenizer ------------------------------------------
@@ -99,7 +101,7 @@ class ChatGLMTokenizer:
     # -- vocabulary -----------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        return self.sp_size + len(SPECIAL_TOKENS)
+        return self.sp_size + len(self.special_token_names)
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -109,7 +111,7 @@ class ChatGLMTokenizer:
         try:
             return self.special_tokens[token]
         except KeyError:
-            raise TokenizerError(f"unknown special token {token!r}; known: {', '.join(SPECIAL_TOKENS)}") from None
+            raise TokenizerError(f"unknown special token {token!r}; known: {', '.join(self.special_token_names)}") from None
 
     def role_id(self, role: str) -> int:
         return self.get_command(f"<|{role}|>")

@@ -8,7 +8,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ..data.chat_format import build_prompt, prompt_history
+from ..data.chat_format import prompt_history
+from ..data.family_format import build_prompt
 from ..data.config import DataConfig
 from ..data.encode import encode_sample
 from ..data.errors import DataError
@@ -102,7 +103,7 @@ def _tokenizer(model: str):
 
     # deferred: imports torch; `--help` stays fast
     from ..infer.loading import hub_id_hint
-    from ..tokenizer import load_tokenizer
+    from ..families import load_tokenizer
 
     path = Path(model).expanduser()
     if not path.exists():

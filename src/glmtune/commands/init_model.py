@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # deferred: imports torch; `--help` stays fast
     from ..models import load_model, resolve_dtype, save_model, write_generation_config
-    from ..tokenizer import load_tokenizer
+    from ..families import load_tokenizer
 
     out = Path(args.out)
     # --force replaces only files a glmtune manifest lists: a user's own files in --out are never touched.

@@ -1,12 +1,12 @@
 """The data layer: files -> records -> messages -> (input_ids, labels) -> batches.
 
-Main entry points: :class:`DataConfig`, :func:`prepare_splits`, the ChatGLM3
-format in :mod:`glmtune.data.chat_format`, collators in :mod:`glmtune.data.collate`.
+Main entry points: :class:`DataConfig`, :func:`prepare_splits`, each model family's
+format through :mod:`glmtune.data.family_format`, collators in :mod:`glmtune.data.collate`.
 """
 
-from .chat_format import build_prompt, encode_base, encode_chat, parse_reply, render_tool_call
 from .config import DataConfig
 from .errors import DataError, DataProblems, Problem
+from .family_format import build_prompt, encode_base, encode_chat, parse_reply, render_tool_call
 from .messages import Conversation, Message, ToolCall
 from .pipeline import Splits, prepare_splits
 from .report import DataReport, SplitReport

@@ -3,7 +3,7 @@
 The key hashes: file contents (not mtimes, so an edited file never hits) and
 the file's path (the cached report names the files, so a copy elsewhere is
 encoded afresh and its report names the copy), format and column mapping, sampling ratios, the
-tokenizer model bytes, :data:`TEMPLATE_VERSION`, the length policy and
+tokenizer model bytes, the family and its template version, the length policy and
 skip_invalid. A stale cache is therefore impossible by construction; entries
 are written to a temporary folder and renamed, so a crash never leaves a
 half-written entry.
@@ -21,7 +21,7 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
-from .chat_format import TEMPLATE_VERSION
+from .family_format import template_version
 from .config import DataConfig
 from .dataset import EncodedDataset
 from .registry import Source
@@ -54,7 +54,7 @@ def cache_key(sources: list[Source], cfg: DataConfig, tokenizer) -> str:
     model_file = getattr(tokenizer, "model_file", None)
     parts = {
         "cache_version": CACHE_VERSION,
-        "template": TEMPLATE_VERSION,
+        "template": template_version(tokenizer),
         "tokenizer": file_digest(Path(model_file)) if model_file else repr(type(tokenizer)),
         "specials": getattr(tokenizer, "special_tokens", None),
         "sources": [{"digest": file_digest(s.path), "path": str(s.path), "resolved": str(s.path.resolve()),
@@ -63,6 +63,7 @@ def cache_key(sources: list[Source], cfg: DataConfig, tokenizer) -> str:
                      "select": [s.max_samples, s.holdout, s.part]}
                     for s in sources],
         "lengths": [cfg.max_input_length, cfg.max_output_length, cfg.max_seq_length, cfg.truncation],
+        "combine": cfg.combine,
         "skip_invalid": cfg.skip_invalid,
         "seed": cfg.seed,
     }

@@ -54,6 +54,10 @@ class DataConfig:
     (0.1) or a record count (200). Seeded by ``seed``: the same split on every run, never overlapping training."""
     max_samples: int | None = None
     """Use at most the first N records of each training file or dataset (LLaMA-Factory's ``max_samples``)."""
+    combine: bool | None = None
+    """GLM-4 only (its official ``combine``): true renders the whole conversation at once and learns only the last
+    answer; false renders message by message and learns every assistant message. None: the family's default
+    (true, as in every config the GLM-4 repo ships). Other families have no such option."""
     max_input_length: int | None = 512
     """Prompt budget in tokens (official ``max_input_length``)."""
     max_output_length: int | None = 512

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .chat_format import IGNORE_INDEX, encode_base, encode_chat
+from .chat_format import IGNORE_INDEX
 from .config import DataConfig
+from .family_format import encode_base, encode_chat, family_cuts
 from .messages import Conversation
 
 
@@ -40,9 +41,14 @@ def encode_sample(conv: Conversation, tokenizer, cfg: DataConfig) -> Sample:
         ids, labels, cut = _cut(ids, labels, cfg.max_seq_length)
         truncated = truncated or cut
     else:
-        ids, labels = encode_chat(conv, tokenizer)
+        ids, labels = encode_chat(conv, tokenizer, combine=cfg.combine)
         full = len(ids)
+        if family_cuts(tokenizer):
+            # ChatGLM2 cuts prompt and answer separately, as its official preprocessing does.
+            ids, labels = encode_chat(conv, tokenizer, combine=cfg.combine, max_source=cfg.max_input_length,
+                                      max_target=cfg.max_output_length)
         ids, labels, truncated = _cut(ids, labels, cfg.chat_length)
+        truncated = truncated or len(ids) < full
     sample = Sample(ids, labels, full, truncated)
     if truncated and cfg.truncation == "drop":
         sample.dropped = "too_long"

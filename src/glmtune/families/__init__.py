@@ -10,11 +10,14 @@ import json
 import os
 from pathlib import Path
 
+from ..tokenizer import TokenizerError
 from .base import Family, FamilyError
+from .chatglm2 import FAMILY as CHATGLM2
 from .chatglm3 import FAMILY as CHATGLM3
 
 FAMILIES: dict[str, Family] = {
     CHATGLM3.name: CHATGLM3,
+    CHATGLM2.name: CHATGLM2,
 }
 DEFAULT = CHATGLM3.name
 
@@ -74,37 +77,37 @@ def detect_family(folder: str | os.PathLike, family: str | None = None) -> Famil
 
 
 def find_tokenizer(*candidates: str | os.PathLike | None, family: str | None = None,
-                   hint: str = "pass --tokenizer DIR (the base model's folder)") -> tuple[Family, Path]:
-    """(family, tokenizer path) of the first candidate folder or file that holds a tokenizer.
+                   hint: str = "pass --tokenizer DIR (the base model's folder)") -> Path:
+    """The tokenizer file of the first candidate folder (or file) that holds one.
 
     ``None`` candidates are skipped, so callers pass ``--tokenizer`` first and then the folders that
-    may hold one (model, adapter, prefix).
+    may hold one (model, adapter, prefix). A folder's tokenizer file is its family's (``tokenizer.model``,
+    ``tokenizer.json``...).
     """
     for candidate in candidates:
         if candidate is None:
             continue
         path = Path(candidate)
         if path.is_file():
-            fam = get_family(family) if family else _family_of_file(path)
-            return fam, path
+            return path
         if path.is_dir():
             for fam in ([get_family(family)] if family else _candidates(path)):
                 if (path / fam.tokenizer_file).is_file():
-                    return fam, path / fam.tokenizer_file
+                    return path / fam.tokenizer_file
     shown = ", ".join(str(c) for c in candidates if c is not None)
-    files = " or ".join(sorted({f.tokenizer_file for f in FAMILIES.values()}))
-    raise FamilyError(f"no tokenizer ({files}) in {shown}" + (f"; {hint}" if hint else ""))
+    files = " or ".join(dict.fromkeys(f.tokenizer_file for f in FAMILIES.values()))
+    raise TokenizerError(f"no {files} in {shown} (expected a model folder holding its tokenizer, or the tokenizer "
+                         "file itself)" + (f"; {hint}" if hint else ""))
 
 
 def _candidates(folder: Path) -> list[Family]:
-    """The folder's family when its files tell; a folder holding only a tokenizer file is tried per file."""
+    """The folder's family when its files tell, else every family (the first whose tokenizer file is there wins)."""
     try:
         return [detect_family(folder)]
     except FamilyError:
-        if (folder / "config.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        if (folder / "config.json").is_file():
             raise
-        return [_family_of_file(folder / f.tokenizer_file) for f in FAMILIES.values()
-                if (folder / f.tokenizer_file).is_file()][:1]
+        return list(FAMILIES.values())
 
 
 def _family_of_file(path: Path) -> Family:
@@ -134,8 +137,13 @@ def tokenizer_format(path: Path) -> str:
 
 
 def load_tokenizer(path: str | os.PathLike, *, family: str | None = None):
-    """The tokenizer of a model folder (or a tokenizer file), of the folder's family or the one given."""
-    fam, file = find_tokenizer(path, family=family, hint="")
+    """The tokenizer of a model folder (or a tokenizer file), of the folder's family or the one given.
+
+    A bare tokenizer file whose folder does not tell the family is read by its format: a SentencePiece
+    model as ChatGLM3's, a tiktoken rank file as GLM-4's (``family=`` chooses otherwise).
+    """
+    file = find_tokenizer(path, family=family, hint="")
+    fam = get_family(family) if family else _family_of_file(file)
     return fam.load_tokenizer(file)
 
 

@@ -52,10 +52,15 @@ class Family:
     """``tokenizer -> Jinja chat template`` written into exports (None: the export keeps the folder's own)."""
     rope: str = "base"
     """How a THUDM config's ``rope_ratio`` applies: ``base`` (theta = 10000 * ratio) or ``linear`` (positions / ratio)."""
+    piecewise_truncation: bool = False
+    """True where the official preprocessing cuts prompt and answer separately (``max_source``/``max_target``,
+    ChatGLM2); False: the caller cuts the whole sample to ``max_input + max_output + 1`` (ChatGLM3, GLM-4)."""
     has_tools: bool = True
     """Whether the format can express tools and tool calls (ChatGLM2's cannot)."""
     has_system: bool = True
     """Whether the format has a system role."""
+    tools_system: str = ""
+    """The system prompt chat uses with tools when the user gives none (ChatGLM3's tool demo has one)."""
     combine_default: bool | None = None
     """GLM-4's ``combine`` fine-tune option default (None: the family has no such option)."""
     shapes: tuple[str, ...] = field(default_factory=tuple)

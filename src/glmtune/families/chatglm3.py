@@ -32,8 +32,11 @@ def _detect(config: dict, tok_config: dict, folder: Path) -> bool:
         return True
     if "chatglm3" in _names(config, tok_config):
         return True
-    # Folders glmtune wrote before families existed: its tokenizer_config lists ChatGLM3's role tokens.
-    return "<|user|>" in (tok_config.get("glmtune_special_tokens") or {})
+    # Folders glmtune wrote before families existed: its tokenizer_config lists ChatGLM3's role tokens, or its
+    # native export (model_type glm) has ChatGLM3's vocabulary and tool-call template.
+    if "<|user|>" in (tok_config.get("glmtune_special_tokens") or {}):
+        return True
+    return config.get("model_type") == "glm" and "tool_call(" in str(tok_config.get("chat_template", ""))
 
 
 def _chat_template(tokenizer) -> str:
@@ -53,6 +56,7 @@ FAMILY = Family(
     render_tool_call=chat_format.render_tool_call,
     template_version=chat_format.TEMPLATE_VERSION,
     detect=_detect,
+    tools_system=chat_format.TOOLS_PROMPT.rstrip("\n"),
     chat_template=_chat_template,
     shapes=("chatglm3-6b", "chatglm3-6b-base", "chatglm3-6b-32k", "tiny", "small", "chatglm3-bench"),
     description="THUDM layout (config.json model_type 'chatglm', _name_or_path THUDM/chatglm3-6b*) or a native "

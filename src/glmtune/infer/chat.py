@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
-from ..data.chat_format import TOOLS_PROMPT, build_prompt, parse_reply
+from ..data.family_format import build_prompt, parse_reply
+from ..families import Family, family_of
 from ..data.messages import Message, ToolCall
 from .generation import generate_stream, model_device
 from .sampling import SamplingConfig, make_generator
@@ -41,18 +42,25 @@ class Reply:
     prompt_tokens: int = 0
 
 
-def reply_message(raw: str, content: str, tool_call: ToolCall | None) -> Message:
-    """The history entry for a reply, as the official ``process_response`` keeps it."""
-    metadata, body = raw.split("\n", 1) if "\n" in raw else ("", raw)
+def reply_message(raw: str, content: str, tool_call: ToolCall | None, family: Family) -> Message:
+    """The history entry for a reply, as the official ``process_response`` keeps it.
+
+    In families with tools a reply's first line is its metadata (a tool's name, or empty); ChatGLM2's has none.
+    """
+    metadata, body = raw.split("\n", 1) if "\n" in raw and family.has_tools else ("", raw)
     if metadata.strip():
         return Message("assistant", content=body, metadata=metadata)
     return Message("assistant", content=content)
 
 
-def system_messages(system: str | None, tools: list | None) -> list[Message]:
+def system_messages(system: str | None, tools: list | None, family: Family) -> list[Message]:
     if tools:
+        if not family.has_tools:
+            raise ChatError(f"{family.title} has no tool format; chat without tools")
         # The official tool demo's system prompt, unless the user gives their own.
-        return [Message("system", content=system if system is not None else TOOLS_PROMPT.rstrip("\n"), tools=tools)]
+        return [Message("system", content=system if system is not None else family.tools_system, tools=tools)]
+    if system and not family.has_system:
+        raise ChatError(f"{family.title} has no system prompt; chat without one")
     return [Message("system", content=system)] if system else []
 
 
@@ -151,7 +159,7 @@ class ChatSession:
                  history: list[Message] | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.sampling = sampling or SamplingConfig()
-        self.system = system_messages(system, tools)
+        self.system = system_messages(system, tools, family_of(tokenizer))
         self.history: list[Message] = list(history or [])
         config = getattr(model, "config", None)
         self.max_context = max_context or getattr(config, "max_position_embeddings", None)
@@ -212,14 +220,14 @@ class ChatSession:
         return self.send(content, role).text()
 
     def _finish(self, prompt: list[int], ids: list[int], raw: str) -> Reply:
-        content, call = parse_reply(raw)
+        content, call = parse_reply(raw, self.tokenizer)
         if call is not None:
             reason = "tool_calls"
         elif len(ids) >= self.sampling.max_new_tokens:
             reason = "length"
         else:
             reason = "stop"
-        self.history.append(reply_message(raw, content, call))
+        self.history.append(reply_message(raw, content, call, family_of(self.tokenizer)))
         self.last_reply = Reply(content=content, tool_call=call, raw=raw, token_ids=ids, finish_reason=reason,
                                 prompt_tokens=len(prompt))
         return self.last_reply

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..data.chat_format import build_prompt, parse_reply, render_tool_call
+from ..data.family_format import build_prompt, parse_reply, render_tool_call
 from ..data.messages import Conversation, Message
 from ..metrics import compute_metrics, sample_scores
 from . import generation  # the module, so generation.generate_batch is looked up per call (tests slow it)
@@ -57,16 +57,16 @@ class EvalResult:
     num_conversations: int = 0
 
 
-def reference_text(message: Message) -> str:
+def reference_text(message: Message, tokenizer) -> str:
     if message.tool_call is not None:
-        return render_tool_call(message.tool_call.name, message.tool_call.parameters)
+        return render_tool_call(message.tool_call.name, message.tool_call.parameters, tokenizer)
     return message.content.strip()
 
 
-def prediction_text(raw: str) -> str:
+def prediction_text(raw: str, tokenizer) -> str:
     """What a reply is scored as: its content, or a tool call rendered the way references are."""
-    content, call = parse_reply(raw)
-    return render_tool_call(call.name, call.parameters) if call is not None else content
+    content, call = parse_reply(raw, tokenizer)
+    return render_tool_call(call.name, call.parameters, tokenizer) if call is not None else content
 
 
 def cut_prompt(ids: list[int], limit: int | None, keep: int = 2) -> list[int]:
@@ -85,7 +85,7 @@ def conversation_samples(conv: Conversation, tokenizer, max_input_length: int | 
             ids = build_prompt(Conversation(conv.messages[:i], tools=conv.tools), tokenizer)
             # The assistant token is the end of the prompt; keep it when cutting.
             ids = cut_prompt(ids[:-1], None if max_input_length is None else max_input_length - 1) + ids[-1:]
-            samples.append(EvalSample(ids, reference_text(message), conv.where, i))
+            samples.append(EvalSample(ids, reference_text(message, tokenizer), conv.where, i))
     return samples
 
 
@@ -126,7 +126,7 @@ def evaluate(model, tokenizer, conversations: list[Conversation], settings: Eval
              should_stop: Callable[[], bool] | None = None) -> EvalResult:
     samples = build_samples(conversations, tokenizer, settings)
     raws = generate_all(model, tokenizer, samples, settings, progress, should_stop)
-    preds = [prediction_text(r) for r in raws]
+    preds = [prediction_text(r, tokenizer) for r in raws]
     metrics = compute_metrics(preds, [s.reference for s in samples])
     rows = [{"source": s.source, "turn": s.turn, "prompt_tokens": len(s.prompt), "reference": s.reference,
              "prediction": p, "raw": r, "scores": sample_scores(p, s.reference)}

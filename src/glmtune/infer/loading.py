@@ -9,7 +9,7 @@ from ..errors import UserError
 from ..devices import resolve_device
 from ..methods import MethodError
 from ..models import SHAPES
-from ..tokenizer import find_tokenizer, load_tokenizer
+from ..families import find_tokenizer, load_tokenizer
 
 
 def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None, dtype=None, device=None):

@@ -17,7 +17,7 @@ from ..data.readers import data_files
 from ..data.registry import Source
 from ..export import export_model
 from ..infer.evaluate import build_samples, evaluate
-from ..tokenizer import load_tokenizer
+from ..families import load_tokenizer
 
 PREVIEW_HEADERS = ["position", "token", "id", "label"]
 

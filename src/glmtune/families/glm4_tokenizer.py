@@ -1,0 +1,340 @@
+"""The GLM-4 tokenizer (THUDM ``ChatGLM4Tokenizer``) on ``tokenizers``, with no remote code and no tiktoken.
+
+The official tokenizer is tiktoken over a rank file (``tokenizer.model``: one base64 token and its rank a
+line) with GPT-4's pre-tokenizer regex, and 14 special tokens appended after the ranks (151329.. for
+the real file). A byte-level BPE whose merges are ordered by the rank of the merged token, with
+``ignore_merges`` (a piece that is itself a token is taken whole, as tiktoken does), encodes every
+string to the same ids (checked against tiktoken on random text and on the fixtures).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from ..tokenizer import TokenizerError
+
+TOKENIZER_FILE = "tokenizer.model"
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+    "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+    "<|end_of_video|>",
+)
+# ChatGLM4Tokenizer's pat_str (GPT-4's cl100k pattern).
+PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+           r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+# -- the rank file -> a tokenizers BPE ----------------------------------------------------------
+def _byte_chars() -> list[str]:
+    """GPT-2's byte -> printable character table (what byte-level BPE vocabularies are written in)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def read_ranks(path: Path) -> list[bytes]:
+    """The token bytes of a tiktoken rank file, indexed by rank (ranks must be 0..n-1)."""
+    ranks: dict[int, bytes] = {}
+    try:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                token, rank = line.split()
+                ranks[int(rank)] = base64.b64decode(token, validate=True)
+    except (OSError, ValueError, binascii.Error) as exc:
+        raise TokenizerError(f"{path}: not a tiktoken rank file (base64 token, space, rank on each line) "
+                             f"({type(exc).__name__}: {exc})") from None
+    if sorted(ranks) != list(range(len(ranks))) or len(set(ranks.values())) != len(ranks):
+        raise TokenizerError(f"{path}: the ranks are not 0..{len(ranks) - 1} over distinct tokens; "
+                             "is this GLM-4's tokenizer.model?")
+    return [ranks[i] for i in range(len(ranks))]
+
+
+def _merges(tokens: list[bytes], rank: dict[bytes, int], chars: list[str]) -> list[tuple[str, str]]:
+    """BPE merges in tiktoken's priority: by the rank of the merged token (transformers' TikTokenConverter)."""
+    found = []
+    for r, token in enumerate(tokens):
+        local = [(rank[token[:k]], rank[token[k:]]) for k in range(1, len(token))
+                 if token[:k] in rank and token[k:] in rank]
+        found += [(r, lr) for lr in sorted(local)]
+    found.sort(key=lambda item: item[0])
+    text = ["".join(chars[b] for b in t) for t in tokens]
+    return [(text[left], text[right]) for _, (left, right) in found]
+
+
+def build_bpe(tokens: list[bytes]):
+    """A ``tokenizers.Tokenizer`` (no special tokens) encoding text as tiktoken does with these ranks."""
+    # Deferred: tokenizers loads a native library; only building a GLM-4 tokenizer needs it.
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+
+    chars = _byte_chars()
+    rank = {t: i for i, t in enumerate(tokens)}
+    vocab = {"".join(chars[b] for b in t): i for i, t in enumerate(tokens)}
+    bpe = Tokenizer(BPE(vocab, _merges(tokens, rank, chars), fuse_unk=False, ignore_merges=True))
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    return bpe
+
+
+_CACHE: dict[tuple, tuple[list[bytes], str]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _load_bpe(path: Path):
+    """(token bytes, BPE tokenizer) of a rank file; the build (~2 s for 151k ranks) is done once per file."""
+    # Deferred: see build_bpe.
+    from tokenizers import Tokenizer
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is None:
+            tokens = read_ranks(path)
+            hit = _CACHE[key] = (tokens, build_bpe(tokens).to_str())
+    return hit[0], Tokenizer.from_str(hit[1])
+
+
+def with_specials(bpe, tokens: list[bytes]):
+    """``bpe`` with the 14 special tokens added at ``len(tokens)``.. (read as tokens in text)."""
+    # Deferred: see build_bpe.
+    from tokenizers import AddedToken, processors
+
+    bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    if bpe.token_to_id(SPECIAL_TOKENS[0]) != len(tokens):
+        raise TokenizerError("GLM-4 special tokens did not land after the ranks; the rank file has holes")
+    prefix = [(t, len(tokens) + SPECIAL_TOKENS.index(t)) for t in ("[gMASK]", "<sop>", "<|endoftext|>")]
+    # As ChatGLM4Tokenizer.build_inputs_with_special_tokens: [gMASK] <sop> first.
+    bpe.post_processor = processors.TemplateProcessing(single="[gMASK] <sop> $A",
+                                                       pair="[gMASK] <sop> $A $B <|endoftext|>",
+                                                       special_tokens=prefix)
+    return bpe
+
+
+# -- the tokenizer ---------------------------------------------------------------------------------------
+class GLM4Tokenizer:
+    """GLM-4 tokenizer with :class:`glmtune.tokenizer.ChatGLMTokenizer`'s interface; ids and text as the official.
+
+    ``encode`` turns text into BPE ids only (no ``[gMASK] <sop>``; :meth:`prefix_ids` gives it) and reads
+    special-token names in text as plain text (the official ``encode_special_tokens=False``).
+    """
+
+    padding_side = "left"
+    family_name = "glm4"
+    """The model family whose format this tokenizer serves (``glmtune.families``)."""
+
+    def __init__(self, model_file: str | os.PathLike, *, chat_template: str | None = None):
+        model_file = Path(model_file)
+        if not model_file.is_file():
+            raise TokenizerError(f"{model_file}: tokenizer file not found (expected GLM-4's tiktoken {TOKENIZER_FILE})")
+        self.model_file = model_file
+        self._tokens, self._bpe = _load_bpe(model_file)
+        self.n_ranks = len(self._tokens)
+        self.special_tokens = {t: self.n_ranks + i for i, t in enumerate(SPECIAL_TOKENS)}
+        self.index_special_tokens = {i: t for t, i in self.special_tokens.items()}
+        self.eos_token_id = self.pad_token_id = self.special_tokens["<|endoftext|>"]
+        self.bos_token_id = None
+        self._chat_template = chat_template
+        self._hf = None
+        self._hf_lock = threading.Lock()
+
+    # -- the transformers tokenizer ------------------------------------------
+    @property
+    def chat_template(self) -> str:
+        """The folder's own template when it had one, else glmtune's equivalent of the official one."""
+        if self._chat_template is None:
+            from .glm4_template import CHAT_TEMPLATE
+
+            self._chat_template = CHAT_TEMPLATE
+        return self._chat_template
+
+    @property
+    def hf(self):
+        """The equivalent ``transformers.PreTrainedTokenizerFast`` (same ids, same text, the chat template)."""
+        with self._hf_lock:
+            if self._hf is None:
+                # Deferred: transformers is heavy and only this property needs it here.
+                from transformers import PreTrainedTokenizerFast
+
+                backend = with_specials(self._copy_bpe(), self._tokens)
+                self._hf = PreTrainedTokenizerFast(tokenizer_object=backend, **self._hf_config())
+            return self._hf
+
+    def _copy_bpe(self):
+        from tokenizers import Tokenizer  # deferred: see build_bpe
+
+        return Tokenizer.from_str(self._bpe.to_str())
+
+    def _hf_config(self) -> dict:
+        return {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "padding_side": "left",
+                "clean_up_tokenization_spaces": False, "model_input_names": ["input_ids", "attention_mask"],
+                "chat_template": self.chat_template}
+
+    def __call__(self, *args, **kwargs):
+        """``tok(text)`` as the official tokenizer: ``[gMASK] <sop>`` + ids; padding and tensors as transformers."""
+        return self.hf(*args, **kwargs)
+
+    def apply_chat_template(self, *args, **kwargs):
+        """transformers' ``apply_chat_template`` with GLM-4's template (the ids of ``build_prompt``)."""
+        return self.hf.apply_chat_template(*args, **kwargs)
+
+    def batch_decode(self, sequences, **kwargs) -> list[str]:
+        return [self.decode(ids, **kwargs) for ids in sequences]
+
+    # -- vocabulary -----------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.n_ranks + len(SPECIAL_TOKENS)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def get_command(self, token: str) -> int:
+        try:
+            return self.special_tokens[token]
+        except KeyError:
+            raise TokenizerError(f"unknown special token {token!r}; known: {', '.join(SPECIAL_TOKENS)}") from None
+
+    def role_id(self, role: str) -> int:
+        return self.get_command(f"<|{role}|>")
+
+    def prefix_ids(self) -> list[int]:
+        """``[gMASK] <sop>``, which starts every GLM-4 sequence."""
+        return [self.special_tokens["[gMASK]"], self.special_tokens["<sop>"]]
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Ids that end an assistant turn: ``<|endoftext|>``, ``<|user|>``, ``<|observation|>``."""
+        return [self.eos_token_id, self.special_tokens["<|user|>"], self.special_tokens["<|observation|>"]]
+
+    # -- encode / decode ------------------------------------------------------
+    def encode(self, text: str, *, add_prefix: bool = False, allow_special: bool = False) -> list[int]:
+        """BPE ids of ``text``; ``allow_special=True`` reads special-token names as those tokens."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects str, got {type(text).__name__}")
+        ids = self.prefix_ids() if add_prefix else []
+        if allow_special:
+            return ids + self.hf.backend_tokenizer.encode(text, add_special_tokens=False).ids
+        return ids + self._bpe.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """:meth:`encode` of each text (in parallel, natively)."""
+        return [e.ids for e in self._bpe.encode_batch(list(texts), add_special_tokens=False)]
+
+    def tokenize(self, text: str) -> list[str]:
+        """Token strings of ``text`` in byte-level form (as the exported ``tokenizer.json`` writes them)."""
+        return self._bpe.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids, *, skip_special_tokens: bool = False, skip_unknown: bool = False) -> str:
+        """Text of ``ids`` exactly as the official tokenizer decodes them.
+
+        Runs of BPE tokens are joined as bytes and decoded as UTF-8 (invalid bytes become U+FFFD);
+        special tokens are their names, or nothing with ``skip_special_tokens`` (all 14 are special
+        there, as officially). An id outside the vocabulary raises :class:`TokenizerError` naming it,
+        unless ``skip_unknown=True``.
+        """
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        parts, run = [], b""
+        for i in ids:
+            i = int(i)
+            if 0 <= i < self.n_ranks:
+                run += self._tokens[i]
+                continue
+            if run:
+                parts.append(run.decode("utf-8", errors="replace"))
+                run = b""
+            name = self.index_special_tokens.get(i)
+            if name is None and not skip_unknown:
+                raise TokenizerError(f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1}); "
+                                     "pass skip_unknown=True to drop such ids")
+            if name is not None and not skip_special_tokens:
+                parts.append(name)
+        if run:
+            parts.append(run.decode("utf-8", errors="replace"))
+        return "".join(parts)
+
+    def convert_ids_to_tokens(self, ids) -> list[str]:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i in self.index_special_tokens:
+                out.append(self.index_special_tokens[i])
+            elif 0 <= i < self.n_ranks:
+                out.append(self._bpe.id_to_token(i))
+            else:
+                out.append(f"<invalid:{i}>")
+        return out
+
+    # -- batching ----------------------------------------------------------------
+    def pad(self, batch: list[list[int]], *, max_length: int | None = None):
+        """Left-pad a batch as the official tokenizer: pads get id 151329, attention 0, position 0."""
+        import torch  # deferred: torch is heavy and only batching needs it
+
+        width = max(max((len(r) for r in batch), default=0), max_length or 0)
+        input_ids, attention, positions = [], [], []
+        for row in batch:
+            pad = width - len(row)
+            input_ids.append([self.pad_token_id] * pad + list(row))
+            attention.append([0] * pad + [1] * len(row))
+            positions.append([0] * pad + list(range(len(row))))
+        return {"input_ids": torch.tensor(input_ids, dtype=torch.long),
+                "attention_mask": torch.tensor(attention, dtype=torch.long),
+                "position_ids": torch.tensor(positions, dtype=torch.long)}
+
+    # -- files -------------------------------------------------------------------
+    def save_pretrained(self, out_dir: str | os.PathLike) -> list[str]:
+        """Write ``tokenizer.model`` (the rank file), ``tokenizer.json`` and a ``tokenizer_config.json``.
+
+        ``AutoTokenizer.from_pretrained(out_dir)`` loads the result without remote code (a
+        ``PreTrainedTokenizerFast`` with the chat template); glmtune reads it back as GLM-4.
+        """
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.model_file.resolve() != (out_dir / TOKENIZER_FILE).resolve():
+            shutil.copyfile(self.model_file, out_dir / TOKENIZER_FILE)
+        self.hf.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **self._hf_config(), "glmtune_family": "glm4",
+                  "added_tokens_decoder": {str(i): {"content": t, "special": True, "normalized": False,
+                                                    "lstrip": False, "rstrip": False, "single_word": False}
+                                           for t, i in self.special_tokens.items()}}
+        text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+        (out_dir / "tokenizer_config.json").write_text(text, encoding="utf-8")
+        return [TOKENIZER_FILE, "tokenizer.json", "tokenizer_config.json"]
+
+
+def folder_chat_template(model_file: Path) -> str | None:
+    """The chat template of the tokenizer_config.json beside ``model_file``, if it has one (a string)."""
+    config = model_file.parent / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    try:
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return template if isinstance(template, str) else None
+
+
+def load_glm4_tokenizer(path: str | os.PathLike) -> GLM4Tokenizer:
+    """A GLM-4 tokenizer from its rank file (or a folder holding one), with the folder's chat template if any."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    return GLM4Tokenizer(path, chat_template=folder_chat_template(path))
