@@ -78,6 +78,11 @@ class ModelConfig:
         default="", metadata={"help": (
             'Tokenizer folder or ``tokenizer.model``; empty = the model folder.'
         )})
+    family: str = field(
+        default="", metadata={"help": (
+            'Model family: chatglm2, chatglm3, glm4, glm4-0414; empty = detected from the model folder\'s '
+            'config.json and tokenizer_config.json (set it when they do not tell, e.g. a renamed ChatGLM2 folder).'
+        )})
     quantization: QuantizationConfig = field(
         default_factory=QuantizationConfig, metadata={"help": (
             'QLoRA: load the frozen base quantized to 4 or 8 bits (lora and ptuning only).'
