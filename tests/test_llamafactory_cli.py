@@ -14,6 +14,7 @@ from glmtune.config import ConfigError, load_config
 from glmtune.data.by_name import dataset_names, registry_path
 from glmtune.data.errors import DataError
 from glmtune.errors import UserError
+from test_llamafactory import lf_dir  # noqa: F401  (a fixture: data/ with dataset_info.json, identity, alpaca demo)
 
 # hiyouga/LLaMA-Factory examples/train_lora/llama3_lora_sft.yaml as of 000526908ae9 (its last version), verbatim.
 LLAMA3_LORA_SFT = """\
@@ -64,38 +65,28 @@ resume_from_checkpoint: null
 # eval_strategy: steps
 # eval_steps: 500
 """
-IDENTITY = [{"instruction": "hi", "input": "", "output": "Hello! I am {{name}}, an AI assistant."},
-            {"instruction": "Who are you?", "input": "", "output": "I am {{name}}."}]
-ALPACA = [{"instruction": f"Say {w}.", "input": "", "output": w} for w in ("red", "green", "blue", "white")]
 # A tiny run on CPU, as one would shrink it for a try: LLaMA-Factory's own override syntax.
 SMALL = ["max_steps=2", "cutoff_len=64", "bf16=false", "gradient_accumulation_steps=1", "logging_steps=1",
          "preprocessing_num_workers=1", "dataloader_num_workers=0", "output_dir=saves/lf"]
 
 
 @pytest.fixture()
-def lf_dir(tmp_path, monkeypatch, chatglm3_dir):
-    """A LLaMA-Factory working folder: data/ with its registry and two demo datasets, LF's example YAML."""
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "identity.json").write_text(json.dumps(IDENTITY), encoding="utf-8")
-    (data / "alpaca_en_demo.json").write_text(json.dumps(ALPACA), encoding="utf-8")
-    (data / "dataset_info.json").write_text(json.dumps({"identity": {"file_name": "identity.json"},
-                                                        "alpaca_en_demo": {"file_name": "alpaca_en_demo.json"}}))
+def lf_example(lf_dir, chatglm3_dir):
+    """LF's example YAML as it is (template llama3) and with ``template: chatglm3``, beside lf_dir's data/."""
     text = LLAMA3_LORA_SFT.replace("meta-llama/Meta-Llama-3-8B-Instruct", str(chatglm3_dir))
-    (tmp_path / "llama3_lora_sft.yaml").write_text(text, encoding="utf-8")
-    (tmp_path / "chatglm3_lora_sft.yaml").write_text(text.replace("template: llama3", "template: chatglm3"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    (lf_dir / "llama3_lora_sft.yaml").write_text(text, encoding="utf-8")
+    (lf_dir / "chatglm3_lora_sft.yaml").write_text(text.replace("template: llama3", "template: chatglm3"))
+    return lf_dir
 
 
-def test_llamafactory_example_with_another_template_is_one_clear_error(lf_dir, capsys):
+def test_llamafactory_example_with_another_template_is_one_clear_error(lf_dir, lf_example, capsys):
     assert main(["train", "llama3_lora_sft.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("glmtune: error: llama3_lora_sft.yaml: this LLaMA-Factory config")
     assert "template: llama3 (" in err and "use template: chatglm3" in err
 
 
-def test_llamafactory_example_trains_with_its_key_value_overrides(lf_dir, capsys):
+def test_llamafactory_example_trains_with_its_key_value_overrides(lf_dir, lf_example, capsys):
     assert main(["train", "chatglm3_lora_sft.yaml", *SMALL, "--print-config"]) == 0
     out = capsys.readouterr().out
     for line in ("#   max_steps: 2 -> training.max_steps", "#   cutoff_len: 64 -> data.max_seq_length",
@@ -111,7 +102,7 @@ def test_llamafactory_example_trains_with_its_key_value_overrides(lf_dir, capsys
     assert [r["step"] for r in log if "loss" in r] == [1, 2]
 
 
-def test_unknown_key_value_override_gets_the_nearest_name(lf_dir):
+def test_unknown_key_value_override_gets_the_nearest_name(lf_dir, lf_example):
     with pytest.raises(ConfigError, match=r"^command-line override lerning_rate: lerning_rate is not a LLaMA-Factory "
                                           r"option glmtune can use; did you mean 'learning_rate'\?"):
         load_config(lf_dir / "chatglm3_lora_sft.yaml", ["lerning_rate=1e-4"])
@@ -119,7 +110,7 @@ def test_unknown_key_value_override_gets_the_nearest_name(lf_dir):
     assert (cfg.training.learning_rate, cfg.training.max_steps) == (3e-4, 5)  # LF keys and glmtune's, together
 
 
-def test_llamafactory_seed_reaches_the_val_size_split(lf_dir):
+def test_llamafactory_seed_reaches_the_val_size_split(lf_dir, lf_example):
     base = (lf_dir / "chatglm3_lora_sft.yaml").read_text() + "val_size: 0.1\n"
     (lf_dir / "v.yaml").write_text(base)
     cfg = load_config(lf_dir / "v.yaml")
@@ -129,7 +120,7 @@ def test_llamafactory_seed_reaches_the_val_size_split(lf_dir):
     assert load_config(lf_dir / "s.yaml", ["seed=3"]).data.seed == 3
 
 
-def test_relative_registry_is_looked_for_in_the_dataset_dir_then_here(lf_dir, monkeypatch):
+def test_relative_registry_is_looked_for_in_the_dataset_dir_then_here(lf_dir, lf_example, monkeypatch):
     (lf_dir / "data" / "mine.json").write_text(json.dumps({"colors": {"file_name": "alpaca_en_demo.json"}}))
     (lf_dir / "top.json").write_text(json.dumps({"hello": {"file_name": "identity.json"}}))
     assert registry_path("mine.json", "data") == str(lf_dir / "data" / "mine.json")
@@ -142,7 +133,7 @@ def test_relative_registry_is_looked_for_in_the_dataset_dir_then_here(lf_dir, mo
     assert "alpaca_zh" in dataset_names("elsewhere") and "identity" in dataset_names("elsewhere")
 
 
-def test_train_data_check_and_eval_read_the_same_names(lf_dir, chatglm3_dir, capsys):
+def test_train_data_check_and_eval_read_the_same_names(lf_dir, lf_example, chatglm3_dir, capsys):
     (lf_dir / "data" / "mine.json").write_text(json.dumps({"colors": {"file_name": "alpaca_en_demo.json"}}))
     args = ["--dataset", "colors", "--dataset-dir", "data", "--registry", "mine.json"]
     assert main(["train", "chatglm3_lora_sft.yaml", "--print-config", *args]) == 0
@@ -158,7 +149,7 @@ def test_train_data_check_and_eval_read_the_same_names(lf_dir, chatglm3_dir, cap
         load_dataset("data/alpaca_en_demo.json", "auto", dataset="colors")
 
 
-def test_web_ui_train_form_takes_datasets_by_name(lf_dir, chatglm3_dir):
+def test_web_ui_train_form_takes_datasets_by_name(lf_dir, lf_example, chatglm3_dir):
     from glmtune.webui import forms
 
     form = forms.TrainForm(model_path=str(chatglm3_dir), train_file="", output_root="runs", run_name="r1",
