@@ -48,6 +48,8 @@ def candidate_formats(record: dict) -> list[str]:
         found.append("base")
     if "user" in record and "assistant" in record:
         found.append("columns")
+    if not found and "prompt" in record:  # ChatGLM2's generation inputs: {"prompt", "history"}, no response
+        found.append("base")
     return found
 
 
@@ -64,7 +66,7 @@ def detect_format(record: Any, file: str, line: int | None) -> str:
         raise DataError(
             f"{file}:{line}: cannot tell the data format from the keys ({keys}) "
             "(expected conversations [chatglm3/sharegpt], messages [openai], instruction+output [alpaca], "
-            "context+target or prompt+response [base]; fix: pass --format, or map your columns, "
+            "context+target or prompt+response(+history) [base]; fix: pass --format, or map your columns, "
             "e.g. data.columns={content: user, summary: assistant})")
     raise DataError(f"{file}:{line}: the keys ({keys}) fit several formats: {', '.join(found)} "
                     f"(fix: pass --format {found[0]} or another of them)")

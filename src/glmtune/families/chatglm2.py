@@ -7,7 +7,6 @@ The formats live in :mod:`glmtune.families.chatglm2_format`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..tokenizer import TOKENIZER_FILE, ChatGLMTokenizer
@@ -33,14 +32,6 @@ class ChatGLM2Tokenizer(ChatGLMTokenizer):
 
     def _decode_piece(self, i: int) -> str | None:
         return "" if i in self.index_special_tokens else super()._decode_piece(i)
-
-    def save_pretrained(self, out_dir) -> None:
-        """ChatGLM3's files, marked with the family (the special tokens alone would not tell it)."""
-        super().save_pretrained(out_dir)
-        path = Path(out_dir) / "tokenizer_config.json"
-        config = json.loads(path.read_text(encoding="utf-8"))
-        config["glmtune_family"] = self.family_name
-        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _load(path: Path) -> ChatGLM2Tokenizer:

@@ -102,10 +102,12 @@ def check_config_values(cfg: dict, kinds: dict[str, str], source: str) -> None:
                                   "token ids; fix that value in the file")
 
 
-def chatglm_to_glm_config(cfg: dict, source: str = "config.json") -> GlmConfig:
+def chatglm_to_glm_config(cfg: dict, source: str = "config.json", *, linear_rope: bool = False) -> GlmConfig:
     """GlmConfig for a ChatGLM3 ``config.json`` dict; refuses what GLM cannot express.
 
     Keys left out take the official ``ChatGLMConfig`` defaults (:data:`CHATGLM_DEFAULTS`).
+    ``linear_rope``: the family divides positions by ``rope_ratio`` (ChatGLM2-6B-32k) instead of
+    multiplying the base (ChatGLM3, GLM-4); transformers' linear rope scaling is exactly that.
     """
     check_config_values(cfg, _CHATGLM_VALUE_KINDS, source)
     cfg = {**CHATGLM_DEFAULTS, **cfg}
@@ -131,7 +133,8 @@ def chatglm_to_glm_config(cfg: dict, source: str = "config.json") -> GlmConfig:
         rms_norm_eps=cfg["layernorm_epsilon"],
         attention_bias=cfg["add_qkv_bias"],
         max_position_embeddings=cfg["seq_length"],
-        rope_theta=10000.0 * float(cfg["rope_ratio"]),
+        rope_theta=10000.0 if linear_rope else 10000.0 * float(cfg["rope_ratio"]),
+        rope_scaling=_linear_rope(cfg["rope_ratio"]) if linear_rope else None,
         partial_rotary_factor=0.5,
         attention_dropout=float(cfg["attention_dropout"]),
         # The official model never ties: ChatGLMForConditionalGeneration has no output embeddings
@@ -144,6 +147,18 @@ def chatglm_to_glm_config(cfg: dict, source: str = "config.json") -> GlmConfig:
     # How the fused query_key_value orders its rows (see split_qkv); kept for the way back.
     config.multi_query_attention = multi_query
     return config
+
+
+def _linear_rope(ratio) -> dict | None:
+    return None if float(ratio) == 1.0 else {"rope_type": "linear", "factor": float(ratio)}
+
+
+def rope_ratio(config: GlmConfig) -> float:
+    """A THUDM config's ``rope_ratio``: the linear factor (ChatGLM2-32k), else the base over 10000."""
+    params = getattr(config, "rope_parameters", None) or {}
+    if params.get("rope_type") == "linear":
+        return float(params["factor"])
+    return rope_theta(config) / 10000.0
 
 
 def rope_theta(config: GlmConfig) -> float:
@@ -176,7 +191,7 @@ def glm_to_chatglm_config(config: GlmConfig) -> dict:
         "bias_dropout_fusion": True,
         "original_rope": True,
         "seq_length": config.max_position_embeddings,
-        "rope_ratio": rope_theta(config) / 10000.0,
+        "rope_ratio": rope_ratio(config),
         "attention_dropout": config.attention_dropout,
         "hidden_dropout": 0.0,
         "eos_token_id": 2,
