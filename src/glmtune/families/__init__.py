@@ -14,10 +14,12 @@ from ..tokenizer import TokenizerError
 from .base import Family, FamilyError
 from .chatglm2 import FAMILY as CHATGLM2
 from .chatglm3 import FAMILY as CHATGLM3
+from .glm4 import FAMILY as GLM4
 
 FAMILIES: dict[str, Family] = {
     CHATGLM3.name: CHATGLM3,
     CHATGLM2.name: CHATGLM2,
+    GLM4.name: GLM4,
 }
 DEFAULT = CHATGLM3.name
 

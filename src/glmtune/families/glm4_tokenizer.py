@@ -17,7 +17,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from ..tokenizer import TokenizerError
+from ..tokenizer import ChatGLMTokenizer, TokenizerError
 
 TOKENIZER_FILE = "tokenizer.model"
 SPECIAL_TOKENS = (
@@ -284,20 +284,8 @@ class GLM4Tokenizer:
         return out
 
     # -- batching ----------------------------------------------------------------
-    def pad(self, batch: list[list[int]], *, max_length: int | None = None):
-        """Left-pad a batch as the official tokenizer: pads get id 151329, attention 0, position 0."""
-        import torch  # deferred: torch is heavy and only batching needs it
-
-        width = max(max((len(r) for r in batch), default=0), max_length or 0)
-        input_ids, attention, positions = [], [], []
-        for row in batch:
-            pad = width - len(row)
-            input_ids.append([self.pad_token_id] * pad + list(row))
-            attention.append([0] * pad + [1] * len(row))
-            positions.append([0] * pad + list(range(len(row))))
-        return {"input_ids": torch.tensor(input_ids, dtype=torch.long),
-                "attention_mask": torch.tensor(attention, dtype=torch.long),
-                "position_ids": torch.tensor(positions, dtype=torch.long)}
+    # The official left padding (pads: id 151329, attention 0, position 0; real tokens 0..n-1) is ChatGLM3's.
+    pad = ChatGLMTokenizer.pad
 
     # -- files -------------------------------------------------------------------
     def save_pretrained(self, out_dir: str | os.PathLike) -> list[str]:
