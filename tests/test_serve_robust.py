@@ -63,7 +63,9 @@ HI = [{"role": "user", "content": "ping"}]
     (json.dumps({"messages": HI, "stream": "yes"}).encode(), "stream", "true or false"),
     (json.dumps({"messages": HI, "stop": 5}).encode(), "stop", "a string or a list of strings"),
     (json.dumps({"messages": HI, "stop": ["ok", 5]}).encode(), "stop", "a string or a list of strings"),
-    (json.dumps({"messages": HI, "stop": "\n"}).encode(), "stop", "not supported"),
+    (json.dumps({"messages": HI, "stop": [""]}).encode(), "stop", "must not be empty"),
+    (json.dumps({"messages": HI, "stop": ["x"] * 17}).encode(), "stop", "at most 16"),
+    (json.dumps({"messages": HI, "model": 5}).encode(), "model", "'model' must be a string"),
     (json.dumps({"messages": HI, "tool_choice": 5}).encode(), "tool_choice", "must be \"none\", \"auto\""),
     (json.dumps({"messages": HI, "tool_choice": "required"}).encode(), "tool_choice", "not supported"),
     (b'{"messages": [{"role": "user", "content": "ping"}], "frequency_penalty": NaN}', "frequency_penalty", "finite"),
@@ -110,9 +112,21 @@ def test_request_repetition_penalty_is_applied(address):
 
 @pytest.mark.parametrize("length", ["-5", "abc", "1e3", ""])
 def test_bad_content_length_gets_400(address, length):
+    """uvicorn's HTTP parser refuses a malformed Content-Length itself (400, a plain-text body)."""
     body = json.dumps({"messages": HI}).encode()
-    status, data = raw_request(address, body, {"Content-Length": length})
-    assert status == 400 and "Content-Length" in data["error"]["message"]
+    conn = http.client.HTTPConnection(*address, timeout=30)
+    conn.putrequest("POST", "/v1/chat/completions", skip_accept_encoding=True)
+    conn.putheader("Content-Length", length)
+    conn.endheaders()
+    conn.send(body)
+    resp = conn.getresponse()
+    assert resp.status == 400 and b"Invalid HTTP request" in resp.read()
+    conn.close()
+
+
+def test_declared_body_over_the_limit_is_refused_unread(address):
+    status, data = raw_request(address, b"{}", {"Content-Length": str(17 * 1024 * 1024)})
+    assert status == 400 and "request body too large" in data["error"]["message"]
 
 
 def test_server_still_answers_after_bad_requests(address):

@@ -1,41 +1,46 @@
-"""A minimal OpenAI-compatible server: ``POST /v1/chat/completions`` (plain and SSE) and ``GET /v1/models``.
+"""An OpenAI-compatible chat server on FastAPI + uvicorn that batches concurrent requests on one model.
 
-Standard library only (``http.server``, one thread per connection). One model
-generates one reply at a time: requests queue on a lock rather than
-contending for the same weights. Tool definitions in ``tools`` become the
-ChatGLM3 tools system prompt, and a tool-call reply comes back as OpenAI
-``tool_calls`` with ``finish_reason: "tool_calls"``; ``role: "tool"``
-messages go back to the model as ``<|observation|>`` turns.
+``POST /v1/chat/completions`` (plain and SSE streaming, tools, ``stop``),
+``GET /v1/models``, ``GET /health``. Requests are validated first
+(:mod:`.openai_api`: a 400 naming the field, 404 for another model, 401 without
+the API key when one is set); each valid request becomes a :class:`~.batching.Job`
+that the single generation worker (:class:`~.batching.Batcher`) decodes together
+with every other request in flight. The reply text is shaped by the same
+:class:`~.chat.ReplyStream` ``glmtune chat`` uses (metadata line, tool calls via
+the family's parser, history), run in a thread per request and fed by the
+worker. A client that disconnects, or a reply that reaches a ``stop`` string,
+frees its row at the next step. More than ``max_queue`` waiting requests get a 503.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
-import math
-import select
+import logging
 import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
-from ..data.chat_format import rendered_messages
-from ..data.errors import DataError
-from ..data.formats import openai_conversation
-from .chat import ChatError, ChatSession, Reply, check_text
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from .batching import DONE, Batcher, Job, QueueFull
+from .chat import ChatError, ChatSession, ReplyStream
+from .openai_api import (MAX_BODY_BYTES, RequestError, StopText, check_model, check_request, chunk_json,
+                         completion_json, content_length, conversation_from_request, error_json, parse_body,
+                         sampling_from_request, stop_strings, tool_calls_json)
 from .sampling import SamplingConfig
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
-
-
-class RequestError(ValueError):
-    """A request the server cannot serve; answered 400 with an OpenAI-style error object."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
+log = logging.getLogger("glmtune.serve")
+_END = object()
 
 
 @dataclass
@@ -44,307 +49,271 @@ class ServerState:
     tokenizer: object
     name: str
     defaults: SamplingConfig
-    lock: threading.Lock
+    batcher: Batcher
+    executor: ThreadPoolExecutor
+    api_key: str | None = None
 
 
-def _number(body: dict, key: str, kind, default, minimum: float | None = None, maximum: float | None = None):
-    """``body[key]`` as a finite int/float within bounds (the default when absent or null); RequestError otherwise."""
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(f"'{key}' must be a number, got {json.dumps(value)}", key)
-    if not math.isfinite(value) or (kind is int and value != int(value)):
-        raise RequestError(f"'{key}' must be a finite {'integer' if kind is int else 'number'}, "
-                           f"got {json.dumps(value)}", key)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise RequestError(f"'{key}' must be {bounds}, got {json.dumps(value)}", key)
-    return kind(value)
+class JobReplyStream(ReplyStream):
+    """A :class:`ReplyStream` whose tokens come from the batcher; leaving it early cancels the job."""
+
+    def __init__(self, session: ChatSession, prompt: list[int], job: Job):
+        super().__init__(session, prompt, should_stop=lambda: job.cancelled)
+        self.job = job
+
+    def tokens(self) -> Iterator[int]:
+        try:
+            while True:
+                item = self.job.out.get()
+                if item is DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.job.cancel()
 
 
-def sampling_from_request(body: dict, defaults: SamplingConfig) -> SamplingConfig:
-    if _number(body, "n", int, 1) != 1:
-        raise RequestError("only n=1 is supported", "n")
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    try:
-        return SamplingConfig(
-            max_new_tokens=_number(body, key, int, defaults.max_new_tokens, minimum=1),
-            # 0 is greedy; a negative temperature is a mistake, not a request for greedy decoding.
-            temperature=_number(body, "temperature", float, defaults.temperature, minimum=0),
-            top_p=_number(body, "top_p", float, defaults.top_p),
-            top_k=_number(body, "top_k", int, defaults.top_k, minimum=0),
-            repetition_penalty=_repetition_penalty(body, defaults.repetition_penalty),
-            seed=_number(body, "seed", int, defaults.seed, minimum=0, maximum=MAX_SEED))
-    except RequestError:
-        raise
-    except ValueError as exc:  # SamplingConfig's own checks (top_p ...)
-        raise RequestError(str(exc)) from None
+def turn_events(stream: JobReplyStream, stops: list[str]) -> Iterator[tuple[str, object]]:
+    """("text", delta) as the reply grows, then ("reply", Reply) with the content cut before a stop string."""
+    cutter = StopText(stops)
+    for delta in stream:
+        shown = cutter.push(delta)
+        if shown:
+            yield "text", shown
+        if cutter.hit:
+            stream.job.cancel()  # the stream ends at its next token (should_stop), its row is freed
+    reply = stream.reply
+    if cutter.hit:
+        reply = replace(reply, content=cutter.text, finish_reason="stop")
+    else:
+        rest = cutter.flush()
+        if rest:
+            yield "text", rest
+    yield "reply", reply
 
 
-def _repetition_penalty(body: dict, default: float) -> float:
-    value = _number(body, "repetition_penalty", float, default)
-    if value <= 0:
-        raise RequestError(f"'repetition_penalty' must be > 0 (1 disables it), got {json.dumps(value)}",
-                           "repetition_penalty")
-    return value
-
-
-def _check_stop(body: dict) -> None:
-    stop = body.get("stop")
-    if stop is None:
-        return
-    if not isinstance(stop, (str, list)) or (isinstance(stop, list) and not all(isinstance(s, str) for s in stop)):
-        raise RequestError(f"'stop' must be a string or a list of strings, got {json.dumps(stop)}", "stop")
-    if any(stop if isinstance(stop, list) else [stop]):
-        raise RequestError("'stop' sequences are not supported: a reply ends at the model's own end-of-turn "
-                           "token; leave 'stop' out (or cut the text client-side)", "stop")
-
-
-def _check_tool_choice(body: dict) -> None:
-    choice = body.get("tool_choice")
-    if choice is None:
-        return
-    named = (isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict)
-             and isinstance(choice["function"].get("name"), str))
-    if choice not in ("none", "auto", "required") and not named:
-        raise RequestError("'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", "
-                           f"\"function\": {{\"name\": ...}}}}, got {json.dumps(choice)}", "tool_choice")
-    # The model itself decides whether to call a tool: that is "auto" (and "none" when no tools are given).
-    if choice != "auto" and not (choice == "none" and not body.get("tools")):
-        raise RequestError(f"'tool_choice' {json.dumps(choice)} is not supported: the model decides by itself whether "
-                           "to call one of the tools (as \"auto\"); send \"auto\" or leave tool_choice out",
-                           "tool_choice")
-
-
-def check_unsupported(body: dict) -> None:
-    """OpenAI options glmtune cannot honour: refused (400), never silently ignored."""
-    for key in ("frequency_penalty", "presence_penalty"):
-        if _number(body, key, float, 0.0, minimum=-2, maximum=2) != 0:
-            raise RequestError(f"'{key}' is not supported (only 0); use 'repetition_penalty' (> 0, 1 = off) "
-                               "to discourage repeats", key)
-    logprobs = body.get("logprobs")
-    if logprobs is not None and not isinstance(logprobs, bool):
-        raise RequestError(f"'logprobs' must be true or false, got {json.dumps(logprobs)}", "logprobs")
-    for key in ("logprobs", "top_logprobs"):
-        if body.get(key) not in (None, False):
-            raise RequestError(f"'{key}' is not supported: glmtune does not return token log probabilities", key)
-    fmt = body.get("response_format")
-    if fmt is not None and fmt != {"type": "text"}:
-        if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
-            raise RequestError(f"'response_format' must be an object such as {{\"type\": \"text\"}}, got "
-                               f"{json.dumps(fmt)}", "response_format")
-        raise RequestError(f"'response_format' {json.dumps(fmt)} is not supported: replies are plain text "
-                           "({\"type\": \"text\"})", "response_format")
-
-
-def check_request(body: dict) -> None:
-    """The options other than messages and sampling: types the handler relies on, and options refused."""
-    _check_stop(body)
-    _check_tool_choice(body)
-    check_unsupported(body)
-    if body.get("stream") is not None and not isinstance(body["stream"], bool):
-        raise RequestError(f"'stream' must be true or false, got {json.dumps(body['stream'])}", "stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise RequestError(f"'stream_options' must be an object, got {json.dumps(options)}", "stream_options")
-
-
-def content_length(header: str | None) -> int:
-    """The request's Content-Length: a decimal number of bytes within the limit (absent: no body)."""
-    if header is None:
-        return 0
-    text = header.strip()
-    if not text.isdigit() or not text.isascii():
-        raise RequestError(f"Content-Length must be a non-negative number of bytes, got {header!r}")
-    length = int(text)
-    if length > MAX_BODY_BYTES:
-        raise RequestError(f"request body too large ({length} bytes; limit {MAX_BODY_BYTES})")
-    return length
-
-
-def parse_body(data: bytes) -> dict:
-    """The JSON object of a request body; RequestError for anything else (too deep, invalid Unicode ...)."""
-    try:
-        body = json.loads(data or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(f"request body is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise RequestError("request body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise RequestError("request body must be a JSON object")
-    try:
-        check_text(json.dumps(body, ensure_ascii=False), "the request body")
-    except ChatError as exc:  # a \ud800-style escape without its pair: not text any tokenizer can encode
-        raise RequestError(f"{exc} (a lone surrogate escape such as \\ud800)") from None
-    except RecursionError:
-        raise RequestError("request body is nested too deeply") from None
-    return body
-
-
-def conversation_from_request(body: dict):
-    """OpenAI ``messages`` (+ ``tools``) -> ChatGLM3 messages, via the data layer's OpenAI format."""
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise RequestError("'messages' must be a non-empty list", "messages")
-    try:
-        conv = openai_conversation(body["messages"], body.get("tools"))
-    except DataError as exc:
-        raise RequestError(str(exc), "messages") from None
-    messages = rendered_messages(conv)
-    if messages[-1].role == "assistant":
-        raise RequestError("the last message must be from the user or a tool, not the assistant", "messages")
-    return messages
-
-
-def tool_calls_json(reply: Reply) -> list[dict]:
-    call = reply.tool_call
-    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-             "function": {"name": call.name, "arguments": json.dumps(call.parameters, ensure_ascii=False)}}]
-
-
-def completion_json(reply: Reply, name: str, cid: str, created: int) -> dict:
-    message = {"role": "assistant", "content": reply.content if reply.tool_call is None else None}
-    if reply.tool_call is not None:
-        message["tool_calls"] = tool_calls_json(reply)
-    completion = len(reply.token_ids)
-    return {"id": cid, "object": "chat.completion", "created": created, "model": name,
-            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
-            "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": completion,
-                      "total_tokens": reply.prompt_tokens + completion}}
-
-
-def chunk_json(delta: dict, name: str, cid: str, created: int, finish_reason: str | None = None) -> dict:
-    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
-
-
-class Handler(BaseHTTPRequestHandler):
-    server_version = "glmtune"
-    protocol_version = "HTTP/1.1"
-    state: ServerState  # set on the subclass made by make_server
-    _replied = False  # whether a status line went out for the current request
-
-    def log_message(self, fmt, *args):  # quiet by default; the CLI prints one line per request itself
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has disconnected (the body has been read: only a disconnect can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
         pass
 
-    # -- plumbing ------------------------------------------------------------------------
-    def _send_json(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode("utf-8", errors="replace")
-        self._replied = True
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
-    def _error(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
-        self._send_json(status, {"error": {"message": message, "type": kind, "param": param, "code": None}})
+async def thread_events(state: ServerState, request: Request, stream: JobReplyStream,
+                        stops: list[str]) -> AsyncIterator[tuple[str, object]]:
+    """:func:`turn_events` run in a worker thread, handed to the event loop; a disconnect cancels the job."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
 
-    def _read_body(self) -> dict:
-        length = content_length(self.headers.get("Content-Length"))
-        return parse_body(self.rfile.read(length))
-
-    def _client_gone(self) -> bool:
-        """Whether the client closed its connection (readable with no data left means EOF)."""
+    def put(item) -> None:
         try:
-            if hasattr(socket, "MSG_DONTWAIT"):  # no select(): it fails on descriptors above 1024
-                return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:
-            return False  # nothing to read: still connected
-        except (OSError, ValueError):
-            return True
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+        except RuntimeError:
+            pass  # the event loop is gone: the server is shutting down
 
-    # -- routes --------------------------------------------------------------------------
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        path = self.path.split("?")[0].rstrip("/")
-        if path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [
-                {"id": self.state.name, "object": "model", "created": 0, "owned_by": "glmtune"}]})
-        elif path in ("", "/health"):
-            self._send_json(200, {"status": "ok", "model": self.state.name})
-        else:
-            self._error(404, f"no route GET {self.path}; try /v1/models or POST /v1/chat/completions",
-                        "not_found_error")
-
-    def do_POST(self):  # noqa: N802
+    def run() -> None:
         try:
-            self._post()
-        except Exception as exc:  # noqa: BLE001 -- never drop a connection without a reply
-            if not self._replied:
-                self._error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
-            self.close_connection = True
+            for event in turn_events(stream, stops):
+                put(event)
+            put(_END)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the request's handler
+            put(("error", exc))
 
-    def _post(self) -> None:
-        self._replied = False
-        if self.path.split("?")[0].rstrip("/") != "/v1/chat/completions":
-            self._error(404, f"no route POST {self.path}; try /v1/chat/completions", "not_found_error")
-            return
-        try:
-            body = self._read_body()
-            check_request(body)
-            messages = conversation_from_request(body)
-            sampling = sampling_from_request(body, self.state.defaults)
-        except RequestError as exc:
-            self.close_connection = True  # the body may not have been read: do not parse it as a request
-            self._error(400, str(exc), param=exc.param)
-            return
-        session = ChatSession(self.state.model, self.state.tokenizer, sampling=sampling, history=messages)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        with self.state.lock:
-            if self._client_gone():  # gave up while queued
-                self.close_connection = True
+    loop.run_in_executor(state.executor, run)
+    watcher = asyncio.ensure_future(_client_gone(request))
+    try:
+        while True:
+            getter = asyncio.ensure_future(inbox.get())
+            await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                return  # the client went away
+            item = getter.result()
+            if item is _END:
                 return
-            try:
-                stream = session.stream(should_stop=self._client_gone)
-            except ChatError as exc:
-                self._error(400, str(exc), param="messages")
-                return
-            if body.get("stream"):
-                self._stream(stream, cid, created, bool((body.get("stream_options") or {}).get("include_usage")))
+            if item[0] == "error":
+                raise item[1]
+            yield item
+    finally:
+        watcher.cancel()
+        stream.job.cancel()
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_json(message, kind, param, code), status_code=status, headers=headers)
+
+
+async def read_body(request: Request) -> dict:
+    content_length(request.headers.get("content-length"))  # a declared size over the limit: refused unread
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise RequestError(f"request body too large (over {MAX_BODY_BYTES} bytes)")
+        chunks.append(chunk)
+    return parse_body(b"".join(chunks))
+
+
+def check_api_key(state: ServerState, request: Request) -> None:
+    if state.api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    token = given[7:] if given.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(token.encode(), state.api_key.encode()):
+        raise RequestError("missing or wrong API key: send 'Authorization: Bearer KEY' with the key the server was "
+                           "started with (--api-key or GLMTUNE_API_KEY)", status=401, code="invalid_api_key")
+
+
+async def chat_completions(state: ServerState, request: Request):
+    try:
+        check_api_key(state, request)
+        body = await read_body(request)
+        check_model(body, state.name)
+        check_request(body)
+        stops = stop_strings(body)
+        messages = conversation_from_request(body)
+        sampling = sampling_from_request(body, state.defaults)
+        session = ChatSession(state.model, state.tokenizer, sampling=sampling, history=messages)
+        prompt = session.stream().prompt  # ChatError when the conversation does not fit the context
+        job = state.batcher.submit(prompt, sampling, state.tokenizer.stop_ids)
+    except RequestError as exc:
+        return JSONResponse(exc.json(), status_code=exc.status)
+    except ChatError as exc:
+        return _error(400, str(exc), param="messages")
+    except QueueFull as exc:
+        return _error(503, str(exc), "server_error", headers={"Retry-After": "1"})
+    stream = JobReplyStream(session, prompt, job)
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    events = thread_events(state, request, stream, stops)
+    if body.get("stream"):
+        usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(sse(events, state.name, cid, created, usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    reply = None
+    async for kind, value in events:
+        if kind == "reply":
+            reply = value
+    if reply is None:  # the client went away; nobody reads this
+        return _error(499, "client closed the request")
+    return JSONResponse(completion_json(reply, state.name, cid, created))
+
+
+def _event(payload: dict) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+async def sse(events: AsyncIterator, name: str, cid: str, created: int, include_usage: bool) -> AsyncIterator[bytes]:
+    yield _event(chunk_json({"role": "assistant", "content": ""}, name, cid, created))
+    reply = None
+    try:
+        async for kind, value in events:
+            if kind == "text":
+                yield _event(chunk_json({"content": value}, name, cid, created))
             else:
-                reply = stream.text()
-                if not self._client_gone():
-                    self._send_json(200, completion_json(reply, self.state.name, cid, created))
+                reply = value
+    except Exception as exc:  # noqa: BLE001 -- the status line went out already: report in the stream
+        log.exception("generation failed")
+        yield _event(error_json(f"internal error: {type(exc).__name__}: {exc}", "server_error"))
+        return
+    if reply is None:
+        return
+    if reply.tool_call is not None:
+        calls = [{"index": 0, **c} for c in tool_calls_json(reply)]
+        yield _event(chunk_json({"tool_calls": calls}, name, cid, created))
+    yield _event(chunk_json({}, name, cid, created, reply.finish_reason))
+    if include_usage:
+        usage = completion_json(reply, name, cid, created)["usage"]
+        yield _event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                      "choices": [], "usage": usage})
+    yield b"data: [DONE]\n\n"
 
-    def _stream(self, stream, cid: str, created: int, include_usage: bool) -> None:
-        name = self.state.name
-        self._replied = True
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+
+def make_app(state: ServerState, cors_origins: list[str] | None = None) -> FastAPI:
+    app = FastAPI(title="glmtune", docs_url=None, redoc_url=None, openapi_url=None)
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        routes = "GET /v1/models, GET /health, POST /v1/chat/completions"
+        return _error(exc.status_code, f"no route {request.method} {request.url.path} ({exc.detail}); try {routes}",
+                      "not_found_error" if exc.status_code == 404 else "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
         try:
-            self._event(chunk_json({"role": "assistant", "content": ""}, name, cid, created))
-            for delta in stream:
-                self._event(chunk_json({"content": delta}, name, cid, created))
-            reply = stream.reply
-            if reply.tool_call is not None:
-                calls = [{"index": 0, **c} for c in tool_calls_json(reply)]
-                self._event(chunk_json({"tool_calls": calls}, name, cid, created))
-            self._event(chunk_json({}, name, cid, created, reply.finish_reason))
-            if include_usage:
-                usage = completion_json(reply, name, cid, created)["usage"]
-                self._event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                             "choices": [], "usage": usage})
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away: stop generating (leaving the loop closes the token stream)
+            check_api_key(state, request)
+        except RequestError as exc:
+            return JSONResponse(exc.json(), status_code=exc.status)
+        return {"object": "list", "data": [{"id": state.name, "object": "model", "created": 0, "owned_by": "glmtune"}]}
 
-    def _event(self, payload: dict) -> None:
-        self.wfile.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode("utf-8") + b"\n\n")
-        self.wfile.flush()
+    @app.get("/health")
+    @app.get("/")
+    async def health():
+        return {"status": "ok", "model": state.name}
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request):
+        return await chat_completions(state, request)
+
+    return app
+
+
+def _log_config(access_log: bool) -> dict:
+    """uvicorn's logging, quiet at startup (glmtune prints its own line); the access log when asked."""
+    config = {**uvicorn.config.LOGGING_CONFIG, "loggers": {k: dict(v) for k, v in
+                                                          uvicorn.config.LOGGING_CONFIG["loggers"].items()}}
+    config["loggers"]["uvicorn.error"]["level"] = "WARNING"
+    config["loggers"]["uvicorn.access"]["level"] = "INFO" if access_log else "WARNING"
+    return config
+
+
+class Server:
+    """uvicorn serving the app on a socket bound at once (``port=0`` picks a free one: ``server_address``)."""
+
+    def __init__(self, app: FastAPI, state: ServerState, host: str, port: int, *, access_log: bool = False):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family)
+        self.server_address = self.socket.getsockname()[:2]
+        self.state = state
+        config = uvicorn.Config(app, lifespan="off", access_log=access_log, log_config=_log_config(access_log),
+                                timeout_graceful_shutdown=5)
+        self.uvicorn = uvicorn.Server(config)
+        self._stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        try:
+            self.uvicorn.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self, timeout: float = 15.0) -> None:
+        """Stop serving (from another thread) and wait for ``serve_forever`` to return."""
+        self.uvicorn.should_exit = True
+        self._stopped.wait(timeout)
+
+    def server_close(self) -> None:
+        self.socket.close()
+        self.state.batcher.close()
+        self.state.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def make_server(model, tokenizer, *, host: str = "127.0.0.1", port: int = 8000, name: str = "glmtune",
-                defaults: SamplingConfig | None = None) -> ThreadingHTTPServer:
-    """A ready-to-run server (``port=0`` picks a free port: see ``server.server_address``)."""
-    state = ServerState(model, tokenizer, name, defaults or SamplingConfig(), threading.Lock())
-    handler = type("GlmtuneHandler", (Handler,), {"state": state})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+                defaults: SamplingConfig | None = None, max_batch: int = 32, max_queue: int = 256,
+                api_key: str | None = None, cors_origins: list[str] | None = None,
+                access_log: bool = False) -> Server:
+    """A ready-to-run server: ``serve_forever()`` in some thread, ``shutdown()`` + ``server_close()`` to stop.
+
+    ``max_batch=1`` decodes one request at a time (the old behaviour, for comparison).
+    """
+    batcher = Batcher(model, tokenizer, max_batch=max_batch, max_queue=max_queue,
+                      wait_s=0.005 if max_batch > 1 else 0.0)
+    executor = ThreadPoolExecutor(max_workers=max_batch + max_queue + 4, thread_name_prefix="glmtune-reply")
+    state = ServerState(model, tokenizer, name, defaults or SamplingConfig(), batcher, executor, api_key)
+    return Server(make_app(state, cors_origins), state, host, port, access_log=access_log)
