@@ -23,6 +23,8 @@ from ..config import ConfigError, TrainConfig, missing_model_message, save_confi
 from ..files import apply_umask
 from .callbacks import JsonlLogCallback, OfficialEvalSchedule, ProgressCallback, StopOnSignalCallback
 from .evaluation import GenerationEval, eval_settings
+from .guards import LossGuard
+from .memory import check_memory_options, load_base, offload_activations
 from .layout import (FINAL_DIR, LOG_FILE, TMP_PREFIX, check_overwrite_target, claim_run_names, commit_folder,
                      lock_output, prepare_output)
 from .plots import plot_losses
@@ -31,7 +33,7 @@ from .setup import Precision, cast_trainable_to_fp32, reporting, resolve_precisi
 from .trainer import WRITE_ERRORS, GlmTrainer, TrainingError, save_failure, write_json
 from ..data import prepare_splits, make_collator, training_dataset
 from ..methods import prepare, format_parameter_counts, trainable_parameter_counts
-from ..models import SHAPES, load_model, write_generation_config
+from ..models import SHAPES, write_generation_config
 from ..tokenizer import load_tokenizer
 
 
@@ -83,8 +85,7 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
     # Seeded before any weight is created: LoRA matrices and P-Tuning prefixes are initialised by prepare(),
     # before the Trainer seeds (it is built after the model), so training.seed must hold from here.
     set_seed(cfg.training.seed)
-    model = load_model(cfg.model.path, dtype=precision.storage, device=device,
-                       vocab_size=vocab, seed=cfg.training.seed)
+    model = load_base(cfg, precision, device, vocab)  # quantized (QLoRA) when model.quantization says so
     model.config.use_cache = False  # no KV cache in training: it only costs memory
     prepared = prepare(model, cfg.method.name, cfg.method.options)
     cast_trainable_to_fp32(prepared.model)
@@ -92,6 +93,8 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
         # Non-reentrant: exact for every method (P-Tuning included) with no input-grad hook needed.
         kwargs = {"use_reentrant": False}
         prepared.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    if cfg.training.offload_activations:
+        offload_activations(prepared.model, device)
     return prepared
 
 
@@ -171,6 +174,7 @@ def _open_run(cfg: TrainConfig, quiet: bool, config_file: Path | None = None) ->
     """Arguments, then the run folder: locked, existing-run policy applied, resume checked (no model yet)."""
     out = Path(cfg.output.dir)
     precision = resolve_precision(cfg)
+    check_memory_options(cfg)  # bitsandbytes present for QLoRA / 8-bit optimizers, before anything loads
     args = training_arguments(cfg, precision, str(out), _may_evaluate(cfg))
     run = _Run(cfg, out, precision, args, quiet or not args.should_save)
     if cfg.output.if_exists == "overwrite":
@@ -256,6 +260,8 @@ def _train(run: _Run, callbacks: list | None) -> TrainResult:
     for callback in callbacks or []:
         trainer.add_callback(callback)  # before ours: a stop they request is seen at the same step
     log, stopper = _attach_callbacks(trainer, out, quiet)
+    if cfg.training.loss_guard:
+        trainer.add_callback(LossGuard())  # after the log callback: the collapsed loss is still logged
     if run.resume_from is not None:
         _say(f"resuming from {run.resume_from}", quiet)
     stopper.install()
