@@ -237,7 +237,9 @@ def test_bad_config_value_is_one_line_on_the_command_line(tmp_path, capsys, trai
 
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({**NON_MQA, "num_attention_heads": 0}))
+    # _name_or_path tells the family (ChatGLM3), so the error reached is the config value's.
+    (model / "config.json").write_text(json.dumps({**NON_MQA, "num_attention_heads": 0,
+                                                   "_name_or_path": "THUDM/chatglm3-6b"}))
     (model / "tokenizer.model").write_bytes((trained_tokenizer_dir / "tokenizer.model").read_bytes())
     save_file({"transformer.output_layer.weight": torch.zeros(VOCAB, HIDDEN)}, str(model / "model.safetensors"))
     code = main(["export", "--model", str(model), "--out", str(tmp_path / "out")])

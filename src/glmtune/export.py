@@ -32,7 +32,6 @@ import torch
 from .export_folder import MANIFEST, ExportError, StagedExport, check_out_dir
 from .methods.adapters import PTUNING_MERGE_ADVICE, save_official_lora
 from . import __version__
-from .hf_tokenizer import save_hf_tokenizer
 from .methods import load_trained, merge_adapter, detect_method, apply_prefix
 from .methods.ptuning_io import add_prefix_to_checkpoint
 from .models import (load_model, resolve_dtype, save_model, write_generation_config, CheckpointError, SHAPES,
@@ -252,12 +251,13 @@ def _export_model(model_path: Path, adapter: Path | None, prefix: Path | None, s
     tokenizer = load_tokenizer(find_tokenizer(tokenizer_path, model_path, adapter, prefix))
     model = load_merged(model_path, adapter, device=device, base_path_override=base_path_override)
     with_prefix = apply_prefix(model, prefix) if prefix is not None else None
-    save_model(model, stage, layout=layout, dtype=target, max_shard_bytes=max_shard_bytes)
+    save_model(model, stage, layout=layout, dtype=target, max_shard_bytes=max_shard_bytes,
+               family=tokenizer.family_name)
     if with_prefix is not None:
         add_prefix_to_checkpoint(with_prefix, stage, dtype=target)
     tokenizer.save_pretrained(stage)
     if layout == "native":  # chatglm3 keeps THUDM's tokenizer files (copy_release_files)
-        save_hf_tokenizer(tokenizer, stage)
+        tokenizer.save_hf(stage)
     write_generation_config(stage, tokenizer)
     copy_release_files(model_path if model_path.is_dir() else None, stage, layout)
     return ExportResult(out_dir=stage, layout=layout, dtype=target, merged_adapter=adapter,
@@ -277,7 +277,7 @@ def export_tokenizer(source: str | os.PathLike, out_dir: str | os.PathLike, *, f
     provenance = _provenance(source, None, None, "native", "tokenizer")
     with StagedExport(out_dir, provenance) as stage:
         tokenizer.save_pretrained(stage.path)
-        save_hf_tokenizer(tokenizer, stage.path)
+        tokenizer.save_hf(stage.path)
         write_generation_config(stage.path, tokenizer)
         copy_release_files(source if source.is_dir() else None, stage.path, "native")
     return ExportResult(out_dir=out_dir, layout="native", dtype=None, merged_adapter=None, kind="tokenizer",

@@ -181,7 +181,9 @@ def tokenizer_config(tok) -> dict:
         "clean_up_tokenization_spaces": False,
         # GlmForCausalLM takes no token_type_ids, so tok(...) must not return them.
         "model_input_names": ["input_ids", "attention_mask"],
-        "chat_template": CHAT_TEMPLATE,
+        "glmtune_family": tok.family_name,
+        # A family's tokenizer may carry its own template (ChatGLM2's [Round N]); ChatGLM3's is the default.
+        "chat_template": getattr(tok, "chat_template", CHAT_TEMPLATE),
     }
 
 

@@ -19,7 +19,7 @@ import torch
 from sentencepiece import SentencePieceProcessor, SentencePieceTrainer
 
 from .errors import GlmtuneError
-from .hf_tokenizer import load_hf_tokenizer
+from .hf_tokenizer import load_hf_tokenizer, save_hf_tokenizer
 
 SPECIAL_TOKENS = (
     "[MASK]",
@@ -217,6 +217,11 @@ class ChatGLMTokenizer:
         }
 
     # -- files --------------------------------------------------------------
+    def save_hf(self, out_dir: str | os.PathLike) -> list[str]:
+        """Write the standard ``tokenizer.json`` + ``tokenizer_config.json`` (chat template) that
+        ``AutoTokenizer`` loads without remote code; returns the names written."""
+        return save_hf_tokenizer(self, out_dir)
+
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:
         """Write ``tokenizer.model`` and a ``tokenizer_config.json``."""
         out_dir = Path(out_dir)
@@ -231,6 +236,7 @@ class ChatGLMTokenizer:
             "eos_token": "</s>",
             "pad_token": "<unk>",
             "glmtune_special_tokens": self.special_tokens,
+            "glmtune_family": self.family_name,
         }
         (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 

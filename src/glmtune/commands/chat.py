@@ -29,6 +29,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     tuned.add_argument("--adapter", help="LoRA/DoRA adapter folder to apply (unmerged)")
     tuned.add_argument("--prefix", help="P-Tuning v2 folder to apply")
     p.add_argument("--tokenizer", help="folder with tokenizer.model (default: the model's, then the adapter's)")
+    p.add_argument("--family", default=None, help="model family (chatglm2, chatglm3, glm4, glm4-0414; default: "
+                   "detected from the model folder)")
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: checkpoint dtype on GPU, fp32 on CPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
     tools = read_tools(args.tools) if args.tools else None
     model, tok = load_for_inference(args.model, adapter=args.adapter, prefix=args.prefix, tokenizer=args.tokenizer,
-                                    dtype=args.dtype, device=args.device)
+                                    dtype=args.dtype, device=args.device, family=args.family)
     session = ChatSession(model, tok, system=args.system, tools=tools, sampling=sampling)
     if args.prompt is not None:
         return _one_reply(session, args.prompt, show_prompt=args.show_prompt)

@@ -29,6 +29,10 @@ def _common(p: argparse.ArgumentParser, lengths_default: int | None) -> None:
     p.add_argument("--max-input-length", type=int, default=lengths_default, help="prompt budget in tokens")
     p.add_argument("--max-output-length", type=int, default=lengths_default, help="answer budget in tokens")
     p.add_argument("--max-seq-length", type=int, default=None, help="total length cap (replaces input+output+1)")
+    p.add_argument("--family", default=None, help="model family (chatglm2, chatglm3, glm4, glm4-0414; default: "
+                   "detected from the model folder)")
+    p.add_argument("--combine", default=None, choices=("true", "false"),
+                   help="GLM-4's official combine option (default true): learn only the last answer")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +90,7 @@ def _columns(text: str) -> dict[str, str]:
 def _config(args: argparse.Namespace, **extra):
     return DataConfig(format=args.format, columns=_columns(args.columns), max_input_length=args.max_input_length,
                       max_output_length=args.max_output_length, max_seq_length=args.max_seq_length,
-                      cache=False, **extra)
+                      combine=None if args.combine is None else args.combine == "true", cache=False, **extra)
 
 
 def _one_file(path: str):
@@ -98,7 +102,7 @@ def _one_file(path: str):
     return files[0]
 
 
-def _tokenizer(model: str):
+def _tokenizer(model: str, family: str | None = None):
     """The tokenizer of ``--model``; a path that does not exist (e.g. a hub id) gets the no-download advice."""
 
     # deferred: imports torch; `--help` stays fast
@@ -109,13 +113,13 @@ def _tokenizer(model: str):
     if not path.exists():
         raise UserError(f"--model {model!r}: no such folder or file. glmtune does not download models: pass a local "
                         f"model folder (or its tokenizer.model){hub_id_hint(model)}")
-    return load_tokenizer(path)
+    return load_tokenizer(path, family=family)
 
 
 def _load(args: argparse.Namespace, path: str, prompt: bool = False):
     """(config, tokenizer, converted records, problems) of one input file (or a folder holding one)."""
     cfg = _config(args)
-    tok = _tokenizer(args.model)
+    tok = _tokenizer(args.model, args.family)
     return cfg, tok, *load_conversations(_one_file(path), cfg, prompt=prompt)
 
 
@@ -125,7 +129,7 @@ def _print_problems(problems) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    cfg, tok = _config(args), _tokenizer(args.model)
+    cfg, tok = _config(args), _tokenizer(args.model, args.family)
     sources = [Source(f) for name in args.inputs for f in data_files(name)] + _dataset_sources(args)
     if not sources:
         raise UserError("glmtune data check needs data files or --dataset NAME[,NAME...]")

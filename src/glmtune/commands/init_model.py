@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.shape, dtype=resolve_dtype(args.dtype, "cpu", None), vocab_size=vocab, seed=args.seed)
     provenance = {"glmtune_version": __version__, "kind": "init-model", "shape": args.shape, "layout": args.layout}
     with StagedExport(out, provenance) as stage:
-        save_model(model, stage.path, layout=args.layout)
+        save_model(model, stage.path, layout=args.layout, family=tok.family_name)
         tok.save_pretrained(stage.path)
         write_generation_config(stage.path, tok)
     n = sum(p.numel() for p in model.parameters())

@@ -12,7 +12,8 @@ from ..models import SHAPES
 from ..families import find_tokenizer, load_tokenizer
 
 
-def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None, dtype=None, device=None):
+def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None, dtype=None, device=None,
+                       family=None):
     """(model, tokenizer) ready for generation; ``--adapter`` and ``--prefix`` exclude each other.
 
     ``model_path`` may also be a fine-tuning result (see :func:`resolve_model_args`).
@@ -23,7 +24,7 @@ def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None,
     if adapter and prefix:
         raise UserError("--adapter and --prefix exclude each other: a model is tuned with LoRA or with P-Tuning")
     model_path, adapter, prefix = resolve_model_args(model_path, adapter, prefix)
-    tok = load_tokenizer(find_tokenizer(tokenizer, model_path, adapter, prefix))
+    tok = load_tokenizer(find_tokenizer(tokenizer, model_path, adapter, prefix, family=family), family=family)
     model = load_model(model_path, dtype=dtype, device=resolve_device(device), adapter=adapter, prefix=prefix)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is not None and tok.vocab_size > vocab:

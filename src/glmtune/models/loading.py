@@ -271,10 +271,11 @@ def _lazy_state(state: dict[str, torch.Tensor], layout: str, dtype: torch.dtype 
 
 
 def save_model(model: GlmForCausalLM, out_dir: str | os.PathLike, *, layout: str = "native", dtype=None,
-               max_shard_bytes: int = 2 * 1024**3) -> Path:
+               max_shard_bytes: int = 2 * 1024**3, family: str | None = None) -> Path:
     """Write ``model`` as sharded safetensors in the ``native`` or ``chatglm3`` layout.
 
-    Streams: each shard is cast (and fused) and written before the next is
+    ``family`` (``glmtune.families``) is recorded in config.json as ``glmtune_family``, so the folder's family
+    is known without guessing. Streams: each shard is cast (and fused) and written before the next is
     made, so peak memory is the model plus one shard. Model weight files a
     previous write left in ``out_dir`` are removed first, so a folder never
     mixes layouts; other files stay, and callers decide whether ``out_dir`` may be reused.
@@ -290,21 +291,22 @@ def save_model(model: GlmForCausalLM, out_dir: str | os.PathLike, *, layout: str
     remove_weight_files(out_dir)
     if layout == "native":
         model.config.save_pretrained(out_dir)
-        config_path = out_dir / "config.json"
-        cfg = json.loads(config_path.read_text())
+        cfg = json.loads((out_dir / "config.json").read_text())
         cfg.pop("_attn_implementation", None)
         cfg["torch_dtype"] = stored
-        config_path.write_text(json.dumps(cfg, indent=2) + "\n")
     else:
         cfg = {**glm_to_chatglm_config(model.config), "torch_dtype": stored}
-        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if family:
+        cfg["glmtune_family"] = family
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     save_sharded(lazy, out_dir, max_shard_bytes=max_shard_bytes)
     return out_dir
 
 
 def write_generation_config(out_dir: str | os.PathLike, tokenizer) -> Path:
-    """``generation_config.json`` whose eos list stops chat turns: [eos, <|user|>, <|observation|>]."""
-    eos = [tokenizer.eos_token_id, tokenizer.get_command("<|user|>"), tokenizer.get_command("<|observation|>")]
+    """``generation_config.json`` whose eos list stops chat turns: the family's stop ids (ChatGLM3: eos, <|user|>,
+    <|observation|>; GLM-4: <|endoftext|>, <|user|>, <|observation|>; ChatGLM2: eos)."""
+    eos = list(tokenizer.stop_ids)
     path = Path(out_dir) / "generation_config.json"
     path.write_text(json.dumps({"eos_token_id": eos, "pad_token_id": tokenizer.pad_token_id}, indent=2) + "\n")
     return path
