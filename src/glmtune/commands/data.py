@@ -49,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--dataset", metavar="NAME[,NAME...]",
                    help="check registry datasets by name (name or name:ratio), as LLaMA-Factory's --dataset")
     c.add_argument("--dataset-dir", default="data",
-                   help="folder of the datasets and of dataset_info.json (default: data, as LLaMA-Factory); names "
-                        "not in it come from the bundled registry of public datasets")
+                   help="folder of the datasets and of dataset_info.json (default: data, as LLaMA-Factory); without "
+                        "a dataset_info.json there, names come from the bundled registry of public datasets")
     c.add_argument("--registry", default=None, help="registry file to read the names from (glmtune's or a "
                                                     "LLaMA-Factory dataset_info.json; a relative path is looked for "
                                                     "in --dataset-dir first, then here)")
