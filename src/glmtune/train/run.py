@@ -22,6 +22,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback as H
 from ..config import ConfigError, TrainConfig, missing_model_message, save_config
 from ..files import apply_umask
 from .callbacks import JsonlLogCallback, OfficialEvalSchedule, ProgressCallback, StopOnSignalCallback
+from .distributed import ShardPlan, gather_trained, is_sharded, meta_model, shard, shard_plan, unsharded_copy
 from .evaluation import GenerationEval, eval_settings
 from .guards import LossGuard
 from .memory import check_memory_options, load_base, offload_activations
@@ -79,13 +80,19 @@ def load_inputs(cfg: TrainConfig, quiet: bool):
     return tokenizer, splits
 
 
-def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str):
-    """The base model on ``device``, prepared by the method, trainable weights in fp32, checkpointing on if asked."""
-    vocab = tokenizer.vocab_size if cfg.model.path in SHAPES else None
+def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str, plan: ShardPlan | None = None):
+    """The base model on ``device``, prepared by the method, trainable weights in fp32, checkpointing on if asked.
+
+    ``plan`` (FSDP2, :mod:`.distributed`): only the first rank reads the weights, the model is then sharded.
+    """
+    vocab = _vocab_size(cfg, tokenizer)
     # Seeded before any weight is created: LoRA matrices and P-Tuning prefixes are initialised by prepare(),
     # before the Trainer seeds (it is built after the model), so training.seed must hold from here.
     set_seed(cfg.training.seed)
-    model = load_base(cfg, precision, device, vocab)  # quantized (QLoRA) when model.quantization says so
+    if plan is not None and not plan.loads_weights:
+        model = meta_model(cfg.model.path, precision.storage, vocab)  # filled from the first rank by shard()
+    else:
+        model = load_base(cfg, precision, device, vocab)  # quantized (QLoRA) when model.quantization says so
     model.config.use_cache = False  # no KV cache in training: it only costs memory
     prepared = prepare(model, cfg.method.name, cfg.method.options)
     cast_trainable_to_fp32(prepared.model)
@@ -95,7 +102,28 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
         prepared.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     if cfg.training.offload_activations:
         offload_activations(prepared.model, device)
+    if plan is not None:
+        shard(prepared.model, plan, device)
     return prepared
+
+
+def _vocab_size(cfg: TrainConfig, tokenizer) -> int | None:
+    return tokenizer.vocab_size if cfg.model.path in SHAPES else None
+
+
+def unsharded_for_saving(cfg: TrainConfig, precision: Precision, tokenizer, prepared):
+    """What the first rank saves: ``prepared`` itself, or under FSDP a meta copy holding the gathered trained
+    weights (every rank must call this: the gather is collective; other ranks get ``prepared`` back)."""
+    if not is_sharded(prepared.model):
+        return prepared
+    trained = gather_trained(prepared.model)
+    if not trained:
+        return prepared
+    skeleton = prepare(meta_model(cfg.model.path, precision.storage, _vocab_size(cfg, tokenizer)),
+                       cfg.method.name, cfg.method.options)
+    cast_trainable_to_fp32(skeleton.model)
+    unsharded_copy(skeleton.model, trained)
+    return skeleton
 
 
 def _may_evaluate(cfg: TrainConfig) -> bool:
@@ -207,7 +235,8 @@ def _prepare_run(run: _Run):
         save_config(cfg, out / "config.yaml")
         record_data_files(cfg, out)
         write_json(out / "data_report.json", splits.report.to_dict())
-    prepared = load_prepared(cfg, run.precision, tokenizer, weights_device(run.precision, args))
+    prepared = load_prepared(cfg, run.precision, tokenizer, weights_device(run.precision, args),
+                             shard_plan(cfg, run.precision.compute))
     _say(f"{cfg.method.name}: {format_parameter_counts(prepared.model)}", quiet)
     _say(f"device {args.device}, compute {run.precision.compute}, frozen weights {run.precision.storage}", quiet)
     if reporting(cfg)[1]:  # e.g. TensorBoard off because it is not installed: said once, not silently dropped
@@ -272,7 +301,8 @@ def _train(run: _Run, callbacks: list | None) -> TrainResult:
         result.metrics.update(_last_eval(trainer))
         # A signal after the last step still gets the result saved (the test evaluation then stops at once).
         if stopper.received is None or trainer.state.global_step >= trainer.state.max_steps:
-            result.final_dir = _save_final(trainer, prepared, tokenizer, out)
+            saving = unsharded_for_saving(cfg, run.precision, tokenizer, prepared)
+            result.final_dir = _save_final(trainer, saving, tokenizer, out)
             _say(f"saved {cfg.method.name} result to {result.final_dir}", quiet)
             result.metrics.update(_test_metrics(cfg, trainer, splits, tokenizer, out, stopper, quiet))
     finally:

@@ -11,6 +11,7 @@ from transformers.integrations import integration_utils
 from ..config import ConfigError, TrainConfig, check_deepspeed
 from ..config.parse import unknown_key
 from ..devices import DeviceError, resolve_device as resolve
+from .distributed import world_size
 
 
 @dataclass
@@ -151,6 +152,10 @@ def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, 
         disable_tqdm=True,  # our own bar shows real tokens/s
         deepspeed=t.deepspeed,
     )
+    if t.fsdp.enabled and world_size() > 1:
+        # The model reaches the Trainer already sharded (train/distributed.py), which transformers accepts only
+        # with save_only_model; GlmTrainer then writes the sharded optimizer state, scheduler and RNG itself.
+        kwargs["save_only_model"] = True
     kwargs.update(t.extra_args)
     try:
         return TrainingArguments(**kwargs)

@@ -18,7 +18,9 @@ Private ``Trainer`` members this touches, each because upstream offers no public
 ``_save`` (where ``save_model`` writes weights: the method's files, not the whole model),
 ``_load_from_checkpoint`` / ``_load_best_model`` (resume and best-model reload go through the method),
 ``_get_output_dir`` (``_save_checkpoint`` writes ``checkpoint-N`` straight into it: pointed at a staging
-folder while saving), ``_save_checkpoint`` (only wrapped: ``super()`` then commit, as trl's
+folder while saving), ``_save_rng_state`` / ``_load_optimizer_and_scheduler`` (an FSDP2-sharded model, see
+:mod:`.distributed`: transformers saves only the model for it, so the sharded optimizer state, scheduler and RNG
+are written and read back here), ``_save_checkpoint`` (only wrapped: ``super()`` then commit, as trl's
 ``SFTTrainer._save_checkpoint`` wraps it), ``_get_learning_rate`` (the rate in the non-finite-loss message).
 """
 
@@ -35,12 +37,14 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from safetensors import SafetensorError
 
 from ..files import apply_umask
 from .layout import STATE_FILE as TRAINER_STATE_NAME
+from .distributed import has_sharded_state, is_sharded, load_sharded_model, load_sharded_optimizer, save_sharded
 from .layout import TMP_PREFIX, checkpoints, commit_folder
 from .loss import answer_only_loss, find_lm_head
 from ..methods import MethodError
@@ -123,7 +127,8 @@ class GlmTrainer(Trainer):
         if not self.args.should_save:
             return
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.prepared.save(output_dir)
+        if not is_sharded(self.model):  # a sharded model's state is written by every rank (_save_sharded_state)
+            self.prepared.save(output_dir)
 
     def _get_output_dir(self, trial) -> str:
         # Private HF hook, touched because HF's _save_checkpoint writes checkpoint-N straight into the folder
@@ -149,6 +154,8 @@ class GlmTrainer(Trainer):
         self._staging = staging
         try:
             super()._save_checkpoint(model, trial)
+            if is_sharded(self.model):
+                self._save_sharded_state(staging / name)
         except WRITE_ERRORS as exc:  # disk full, folder made read-only, quota, ...
             if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -159,6 +166,19 @@ class GlmTrainer(Trainer):
         if self.args.should_save:
             self._commit_checkpoint(staging, run_dir, name)
         self.accelerator.wait_for_everyone()  # the checkpoint is published for every rank
+
+    def _save_sharded_state(self, folder: Path) -> None:
+        """FSDP2: trained weights and optimizer state sharded (every rank), scheduler (one), RNG (each)."""
+        save_sharded(self.model, self.optimizer, folder)
+        self._save_rng_state(str(folder))
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), folder / SCHEDULER_NAME)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not is_sharded(self.model):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load_sharded_optimizer(self.model, self.optimizer, Path(checkpoint))
+        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))
 
     def _commit_checkpoint(self, staging: Path, run_dir: Path, name: str) -> None:
         final = commit_folder(staging / name, run_dir / name)
@@ -175,7 +195,12 @@ class GlmTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Resume: the method loads what it saved back in place (exact: trained weights are saved in fp32)."""
+        sharded_model, sharded_files = is_sharded(self.model), has_sharded_state(resume_from_checkpoint)
+        if sharded_model != sharded_files:
+            raise TrainingError(sharding_mismatch(resume_from_checkpoint, sharded_files))
         try:
+            if sharded_model:
+                return load_sharded_model(self.model, Path(resume_from_checkpoint))
             self.prepared.load_state(resume_from_checkpoint)
         except MethodError as exc:
             raise TrainingError(f"cannot resume from {resume_from_checkpoint}: {exc}; resume with the config "
@@ -215,6 +240,14 @@ def save_failure(run_dir: Path, name: str, exc: Exception) -> str:
     kept = f"the previous checkpoint {newest[-1][1].name} is intact" if newest else "no earlier checkpoint exists"
     return (f"could not write {name} in {run_dir} ({reason}); {kept}. Free disk space or fix the folder's "
             "permissions, then resume with training.resume=yes")
+
+
+def sharding_mismatch(checkpoint: str, sharded_files: bool) -> str:
+    if sharded_files:
+        return (f"cannot resume from {checkpoint}: it was written by an FSDP run (sharded state in it), and this run "
+                "is not sharded; resume with training.fsdp.enabled=true under torchrun with 2 or more processes")
+    return (f"cannot resume from {checkpoint}: it was written without FSDP, and this run shards the model; resume "
+            "with training.fsdp.enabled=false (DDP or one process), as the run that wrote it")
 
 
 def write_json(path: Path, data) -> None:
