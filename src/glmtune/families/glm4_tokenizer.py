@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import shutil
@@ -44,16 +45,15 @@ def _byte_chars() -> list[str]:
     return [table[b] for b in range(256)]
 
 
-def read_ranks(path: Path) -> list[bytes]:
-    """The token bytes of a tiktoken rank file, indexed by rank (ranks must be 0..n-1)."""
+def read_ranks(path: Path, data: bytes | None = None) -> list[bytes]:
+    """The token bytes of a tiktoken rank file (``data``: its bytes, if already read), indexed by rank (0..n-1)."""
     ranks: dict[int, bytes] = {}
     try:
-        with open(path, "rb") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                token, rank = line.split()
-                ranks[int(rank)] = base64.b64decode(token, validate=True)
+        for line in (Path(path).read_bytes() if data is None else data).splitlines():
+            if not line.strip():
+                continue
+            token, rank = line.split()
+            ranks[int(rank)] = base64.b64decode(token, validate=True)
     except (OSError, ValueError, binascii.Error) as exc:
         raise TokenizerError(f"{path}: not a tiktoken rank file (base64 token, space, rank on each line) "
                              f"({type(exc).__name__}: {exc})") from None
@@ -93,23 +93,29 @@ def build_bpe(tokens: list[bytes]):
     return bpe
 
 
-_CACHE: dict[tuple, tuple[list[bytes], str]] = {}
+_CACHE: dict[str, tuple[list[bytes], str]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _load_bpe(path: Path):
-    """(token bytes, BPE tokenizer) of a rank file; the build (~2 s for 151k ranks) is done once per file."""
-    # Deferred: see build_bpe.
-    from tokenizers import Tokenizer
-
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+def _load_bpe(path: Path) -> tuple[list[bytes], str]:
+    """(token bytes, BPE tokenizer JSON) of a rank file; the build (~2 s for 151k ranks) is done once per content."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TokenizerError(f"{path}: cannot read the tokenizer file ({exc})") from None
+    key = hashlib.sha256(data).hexdigest()
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is None:
-            tokens = read_ranks(path)
+            tokens = read_ranks(path, data)
             hit = _CACHE[key] = (tokens, build_bpe(tokens).to_str())
-    return hit[0], Tokenizer.from_str(hit[1])
+    return hit
+
+
+def _bpe_from_json(text: str):
+    from tokenizers import Tokenizer  # deferred: see build_bpe
+
+    return Tokenizer.from_str(text)
 
 
 def with_specials(bpe, tokens: list[bytes]):
@@ -145,7 +151,8 @@ class GLM4Tokenizer:
         if not model_file.is_file():
             raise TokenizerError(f"{model_file}: tokenizer file not found (expected GLM-4's tiktoken {TOKENIZER_FILE})")
         self.model_file = model_file
-        self._tokens, self._bpe = _load_bpe(model_file)
+        self._tokens, self._bpe_json = _load_bpe(model_file)
+        self._bpe = _bpe_from_json(self._bpe_json)
         self.n_ranks = len(self._tokens)
         self.special_tokens = {t: self.n_ranks + i for i, t in enumerate(SPECIAL_TOKENS)}
         self.index_special_tokens = {i: t for t, i in self.special_tokens.items()}
@@ -173,14 +180,9 @@ class GLM4Tokenizer:
                 # Deferred: transformers is heavy and only this property needs it here.
                 from transformers import PreTrainedTokenizerFast
 
-                backend = with_specials(self._copy_bpe(), self._tokens)
+                backend = with_specials(_bpe_from_json(self._bpe_json), self._tokens)
                 self._hf = PreTrainedTokenizerFast(tokenizer_object=backend, **self._hf_config())
             return self._hf
-
-    def _copy_bpe(self):
-        from tokenizers import Tokenizer  # deferred: see build_bpe
-
-        return Tokenizer.from_str(self._bpe.to_str())
 
     def _hf_config(self) -> dict:
         return {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "padding_side": "left",
