@@ -162,3 +162,15 @@ def test_web_ui_train_form_takes_datasets_by_name(lf_dir, lf_example, chatglm3_d
     with pytest.raises(UserError, match="or choose datasets by name"):
         forms.form_to_config(forms.TrainForm(model_path=str(chatglm3_dir), train_file="", output_root="runs",
                                              run_name="r2"))
+
+
+def test_dataset_dir_is_the_working_directorys_and_running_elsewhere_says_where(lf_dir, lf_example, monkeypatch):
+    elsewhere = lf_dir / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(ConfigError, match=r"chatglm3_lora_sft.yaml: dataset_dir 'data' is not a folder of the working "
+                                          r"directory .*elsewhere \(llamafactory-cli resolves it there.*\); it is beside "
+                                          r"the config: run from "):
+        load_config(lf_dir / "chatglm3_lora_sft.yaml")
+    cfg = load_config(lf_dir / "chatglm3_lora_sft.yaml", [f"dataset_dir={lf_dir / 'data'}"])
+    assert cfg.data.registry_file == str(lf_dir / "data" / "dataset_info.json")

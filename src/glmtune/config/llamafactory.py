@@ -151,7 +151,7 @@ def convert_llamafactory(data: dict, source: Source) -> tuple[dict, list[str]]:
     _set(out, "evaluation.max_eval_samples", None)  # LLaMA-Factory evaluates on the whole validation set
     notes: list[str] = []
     _method(data, out, notes)
-    _data(data, out, notes)
+    _data(data, out, notes, source)
     hf_args = {}
     for key, value in data.items():
         if key in DIRECT:
@@ -224,9 +224,22 @@ def _method(data: dict, out: dict, notes: list[str]) -> None:
     notes.append(f"lora_target: {target!r} -> method.lora.target {ours!r}")
 
 
-def _data(data: dict, out: dict, notes: list[str]) -> None:
-    dataset_dir = Path(str(data.get("dataset_dir", "data"))).expanduser()
-    dataset_dir = dataset_dir if dataset_dir.is_absolute() else Path.cwd() / dataset_dir
+def _dataset_dir(data: dict, source: Source) -> Path:
+    """``dataset_dir`` against the working directory, as llamafactory-cli; run from elsewhere, say where to run."""
+    raw = str(data.get("dataset_dir", "data"))
+    given = Path(raw).expanduser()
+    if given.is_absolute():
+        return given
+    beside = Path(source.name).resolve().parent / given
+    if data.get("dataset") and not (Path.cwd() / given).is_dir() and beside.is_dir() and beside != Path.cwd() / given:
+        raise ConfigError(f"{source.where('dataset_dir')}: dataset_dir {raw!r} is not a folder of the working "
+                          f"directory {Path.cwd()} (llamafactory-cli resolves it there; glmtune does the same); it is "
+                          f"beside the config: run from {beside.parent}, or set dataset_dir: {beside}")
+    return Path.cwd() / given
+
+
+def _data(data: dict, out: dict, notes: list[str], source: Source) -> None:
+    dataset_dir = _dataset_dir(data, source)
     datasets = data.get("dataset")
     if datasets is not None:
         names = [s.strip() for s in datasets.split(",") if s.strip()] if isinstance(datasets, str) else datasets
