@@ -370,3 +370,39 @@ def test_glm4_tiny_model_reproduces_official_outputs(tok):
                          eos_token_id=None, pad_token_id=tok.pad_token_id)
     assert gen[0, ref["single_input_ids"].shape[1]:].tolist() == ref["greedy_ids"].tolist()
 
+
+
+@pytest.mark.parametrize("case", cases("chat") + cases("prompt"), ids=ids_of(cases("chat") + cases("prompt")))
+def test_data_encode_cli_reproduces_case(tok, case, tmp_path):
+    from glmtune.cli import main
+
+    data, out = tmp_path / "data.jsonl", tmp_path / "out.jsonl"
+    data.write_text(json.dumps(case["input"], ensure_ascii=False) + "\n", encoding="utf-8")
+    if case["kind"] == "chat":
+        args = ["--max-input-length", str(case["max_input_length"]), "--max-output-length",
+                str(case["max_output_length"]), "--combine", "true" if case["combine"] else "false"]
+    else:
+        args = ["--for-generation"]
+    assert main(["data", "encode", str(data), "--model", str(GLM4_TINY), "-o", str(out), *args]) == 0
+    got = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
+    assert got["input_ids"] == case["input_ids"]
+    assert got.get("labels") == case.get("labels")
+
+
+def test_glm4_official_record_reads_into_a_conversation():
+    """GLM-4's data format (OpenAI-shaped messages, tools on the system message, observation role, metadata)
+    reads through glmtune's readers without loss."""
+    fn = {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+    record = {"messages": [{"role": "system", "content": "", "tools": [{"type": "function", "function": fn}]},
+                           {"role": "user", "content": "北京?"},
+                           {"role": "assistant", "metadata": "get_weather", "content": "{\"city\": \"北京\"}"},
+                           {"role": "observation", "content": "晴"},
+                           {"role": "assistant", "content": "晴。"}]}
+    conv = conversation(record)
+    assert [m.role for m in conv.messages] == ["system", "user", "assistant", "observation", "assistant"]
+    assert conv.messages[0].tools == [fn] and conv.messages[0].content == ""
+    assert conv.messages[2].metadata == "get_weather" and conv.messages[3].content == "晴"
+    prompt = conversation({"messages": [{"role": "system", "content": None, "tools": [{"type": "function",
+                                                                                       "function": fn}]},
+                                        {"role": "user", "content": "hi"}]}, prompt=True)
+    assert prompt.messages[0].tools == [fn]
