@@ -290,6 +290,10 @@ class GLM4Tokenizer:
     pad = ChatGLMTokenizer.pad
 
     # -- files -------------------------------------------------------------------
+    def save_hf(self, out_dir: str | os.PathLike) -> list[str]:
+        """The standard Hugging Face files (what exports carry): :meth:`save_pretrained` already writes them."""
+        return self.save_pretrained(out_dir)
+
     def save_pretrained(self, out_dir: str | os.PathLike) -> list[str]:
         """Write ``tokenizer.model`` (the rank file), ``tokenizer.json`` and a ``tokenizer_config.json``.
 
