@@ -15,11 +15,13 @@ from .base import Family, FamilyError
 from .chatglm2 import FAMILY as CHATGLM2
 from .chatglm3 import FAMILY as CHATGLM3
 from .glm4 import FAMILY as GLM4
+from .glm4_0414 import FAMILY as GLM4_0414
 
 FAMILIES: dict[str, Family] = {
     CHATGLM3.name: CHATGLM3,
     CHATGLM2.name: CHATGLM2,
     GLM4.name: GLM4,
+    GLM4_0414.name: GLM4_0414,
 }
 DEFAULT = CHATGLM3.name
 

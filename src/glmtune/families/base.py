@@ -67,3 +67,8 @@ class Family:
     """Named shapes (``glmtune.models.shapes``) of this family's real and tiny sizes."""
     description: str = ""
     """One paragraph for ``--help``/README: what a folder must contain, how it is detected."""
+
+
+def model_names(config: dict, tok_config: dict) -> str:
+    """The model names a folder's config.json and tokenizer_config.json give (``THUDM/chatglm2-6b``...), lowercased."""
+    return " ".join(str(d.get(k, "")) for d in (config, tok_config) for k in ("_name_or_path", "name_or_path")).lower()

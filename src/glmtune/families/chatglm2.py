@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..tokenizer import TOKENIZER_FILE, ChatGLMTokenizer
 from . import chatglm2_format as fmt
-from .base import Family
+from .base import Family, model_names
 
 
 class ChatGLM2Tokenizer(ChatGLMTokenizer):
@@ -38,13 +38,9 @@ def _load(path: Path) -> ChatGLM2Tokenizer:
     return ChatGLM2Tokenizer(path)
 
 
-def _names(config: dict, tok_config: dict) -> str:
-    return " ".join(str(d.get(k, "")) for d in (config, tok_config) for k in ("_name_or_path", "name_or_path")).lower()
-
-
 def _detect(config: dict, tok_config: dict, folder: Path) -> bool:
     """THUDM's folders name the model (``THUDM/chatglm2-6b``, ``-32k``); glmtune's native exports carry its template."""
-    if "chatglm2" in _names(config, tok_config):
+    if "chatglm2" in model_names(config, tok_config):
         return True
     return config.get("model_type") == "glm" and "问：" in str(tok_config.get("chat_template", ""))
 

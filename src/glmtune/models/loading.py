@@ -9,8 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import GlmConfig, GlmForCausalLM
-from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
+from transformers import Glm4Config, Glm4ForCausalLM, GlmConfig, GlmForCausalLM
 
 from .checkpoint import (
     LazyTensor,
@@ -72,11 +71,11 @@ def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
     model_type = cfg.get("model_type")
     if model_type == "chatglm":
         return "chatglm3", chatglm_to_glm_config(cfg, source=str(config_file))
-    if model_type == "glm":
+    if model_type in ("glm", "glm4"):  # glm4: GLM-4-0414 / GLM-Z1, transformers' Glm4ForCausalLM
         check_config_values(cfg, GLM_VALUE_KINDS, str(config_file))
         cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "torch_dtype", "dtype")}
         try:
-            config = GlmConfig(**cfg)
+            config = (Glm4Config if model_type == "glm4" else GlmConfig)(**cfg)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise CheckpointError(f"{config_file}: invalid GLM config ({type(exc).__name__}: {exc})") from None
         if config.num_attention_heads % config.num_key_value_heads:
@@ -84,7 +83,7 @@ def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
                                   f"multiple of num_key_value_heads {config.num_key_value_heads}")
         return "native", config
     raise CheckpointError(
-        f"{config_file}: model_type {model_type!r} is not a ChatGLM3 ('chatglm') or GLM ('glm') model; "
+        f"{config_file}: model_type {model_type!r} is not a ChatGLM ('chatglm'), GLM ('glm') or GLM-4-0414 ('glm4') model; "
         "glmtune loads only the GLM family"
     )
 
@@ -110,26 +109,31 @@ def check_layer_count(files: list[Path], layout: str, config: GlmConfig) -> None
 
 
 def find_glm(model: torch.nn.Module) -> GlmForCausalLM:
-    """The GlmForCausalLM inside ``model`` (itself, or under a PEFT or P-Tuning wrapper)."""
-    if isinstance(model, GlmForCausalLM):
+    """The GlmForCausalLM (or GLM-4-0414's Glm4ForCausalLM) inside ``model`` (itself, or under a PEFT or P-Tuning wrapper)."""
+    if isinstance(model, (GlmForCausalLM, Glm4ForCausalLM)):
         return model
     for module in model.modules():
-        if isinstance(module, GlmForCausalLM):
+        if isinstance(module, (GlmForCausalLM, Glm4ForCausalLM)):
             return module
     raise CheckpointError(f"expected a GLM causal LM (GlmForCausalLM), got {type(model).__name__}")
+
+
+def model_class(config) -> type:
+    """transformers' class for a config: Glm4ForCausalLM for GLM-4-0414's Glm4Config, else GlmForCausalLM."""
+    return Glm4ForCausalLM if isinstance(config, Glm4Config) else GlmForCausalLM
 
 
 def empty_model(config: GlmConfig) -> GlmForCausalLM:
     """A model whose weights live on the meta device (no memory), to be filled by ``assign``."""
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
-        return GlmForCausalLM(config)
+        return model_class(config)(config)
 
 
 def _finish(model: GlmForCausalLM, device: str | torch.device) -> GlmForCausalLM:
     # inv_freq is a non-persistent buffer: never in a checkpoint, so rebuild it on the real device.
     with torch.device(device):
-        model.model.rotary_emb = GlmRotaryEmbedding(config=model.config)
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
     if model.config.tie_word_embeddings:
         model.tie_weights()
     model.eval()
@@ -185,7 +189,7 @@ def random_model(name: str, *, dtype: torch.dtype, device, vocab_size: int | Non
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = GlmForCausalLM(config)
+            model = model_class(config)(config)
     finally:
         torch.set_default_dtype(previous)
     return _finish(model, device)
