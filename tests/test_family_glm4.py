@@ -8,7 +8,6 @@ transcription of tiktoken's algorithm, so that part never skips.
 
 from __future__ import annotations
 
-import base64
 import collections
 import json
 import random
@@ -24,7 +23,7 @@ from glmtune.data.messages import Conversation, Message, ToolCall
 from glmtune.families import detect_family, family_of, load_tokenizer
 from glmtune.families.glm4 import FAMILY, _detect
 from glmtune.families.glm4_template import CHAT_TEMPLATE
-from glmtune.families.glm4_tokenizer import PATTERN, SPECIAL_TOKENS, GLM4Tokenizer
+from glmtune.families.glm4_tokenizer import PATTERN, SPECIAL_TOKENS, GLM4Tokenizer, load_glm4_tokenizer, write_ranks
 from glmtune.tokenizer import TokenizerError
 
 from conftest import FIXTURES
@@ -105,11 +104,6 @@ def train_ranks(text: str, merges: int) -> list[bytes]:
     return tokens
 
 
-def write_ranks(path, tokens: list[bytes]):
-    path.write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % i for i, t in enumerate(tokens)))
-    return path
-
-
 SAMPLE = ("The quick brown fox's friends don't jump over 1234567 lazy dogs.\n\n你好，世界！今天北京天气晴，"
           "气温 5 到 15 度。\t  indented   code()\n{\"city\": \"北京\"} 😀🎉 naïve café ") * 3
 ALPHABET = (list("abcdefgxyzABC0123456789 \n\t\r.,;:'\"!?-_()[]{}<>|/\\@#$%^&*+=~`") + list("你好世界北京天气。，？")
@@ -124,7 +118,8 @@ def random_strings(n: int, seed: int = 0):
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> tuple[GLM4Tokenizer, dict[bytes, int]]:
     tokens = train_ranks(SAMPLE, 300)
-    path = write_ranks(tmp_path_factory.mktemp("ranks") / "tokenizer.model", tokens)
+    path = tmp_path_factory.mktemp("ranks") / "tokenizer.model"
+    write_ranks(tokens, path)
     return GLM4Tokenizer(path), {t: i for i, t in enumerate(tokens)}
 
 
@@ -176,7 +171,7 @@ def test_not_a_rank_file_is_a_clear_error(tmp_path):
     bad.write_text("this is not\n")
     with pytest.raises(TokenizerError, match="not a tiktoken rank file"):
         GLM4Tokenizer(bad)
-    write_ranks(bad, [b"a", b"b"])
+    write_ranks([b"a", b"b"], bad)
     bad.write_bytes(bad.read_bytes().replace(b" 1\n", b" 5\n"))
     with pytest.raises(TokenizerError, match="ranks are not 0..1"):
         GLM4Tokenizer(bad)
@@ -406,3 +401,24 @@ def test_glm4_official_record_reads_into_a_conversation():
                                                                                        "function": fn}]},
                                         {"role": "user", "content": "hi"}]}, prompt=True)
     assert prompt.messages[0].tools == [fn]
+
+
+def test_tokenizer_json_loads_as_the_rank_file(small, tmp_path):
+    """A GLM-4 tokenizer.json (the -hf folders, exports) gives the same tokenizer; its rank file is written back."""
+    tok, ranks = small
+    tok.save_pretrained(tmp_path / "export")
+    hf_only = tmp_path / "hf-folder"
+    hf_only.mkdir()
+    (hf_only / "tokenizer.json").write_bytes((tmp_path / "export" / "tokenizer.json").read_bytes())
+    again = load_glm4_tokenizer(hf_only)
+    assert again.model_file.name == "tokenizer.json" and again.special_tokens == tok.special_tokens
+    for text in random_strings(100, seed=3):
+        assert again.encode(text) == tok.encode(text) and again.decode(again.encode(text)) == text
+    assert again.encode("<|user|>", allow_special=True) == [tok.role_id("user")]
+    again.save_pretrained(tmp_path / "back")
+    assert (tmp_path / "back" / "tokenizer.model").read_bytes() == tok.model_file.read_bytes()
+    spec = json.loads((hf_only / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] != "<|user|>"]
+    (hf_only / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"special tokens <\|user\|> are not at ids"):
+        load_glm4_tokenizer(hf_only)

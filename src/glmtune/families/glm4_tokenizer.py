@@ -107,9 +107,45 @@ def _load_bpe(path: Path) -> tuple[list[bytes], str]:
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is None:
-            tokens = read_ranks(path, data)
-            hit = _CACHE[key] = (tokens, build_bpe(tokens).to_str())
+            if data.lstrip()[:1] == b"{":
+                hit = _CACHE[key] = read_tokenizer_json(path, data)
+            else:
+                tokens = read_ranks(path, data)
+                hit = _CACHE[key] = (tokens, build_bpe(tokens).to_str())
     return hit
+
+
+def read_tokenizer_json(path: Path, data: bytes) -> tuple[list[bytes], str]:
+    """(token bytes, BPE JSON without special tokens) of a GLM-4 ``tokenizer.json`` (the ``-hf`` folders, exports).
+
+    Its byte-level BPE is used as it is; its added tokens must be GLM-4's 14 special tokens, right after it.
+    """
+    try:
+        spec = json.loads(data.decode("utf-8"))
+        vocab = spec["model"]["vocab"]
+        added = {t["content"]: t["id"] for t in spec.get("added_tokens") or []}
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise TokenizerError(f"{path}: not a tokenizers BPE tokenizer.json ({type(exc).__name__}: {exc})") from None
+    byte_of = {c: b for b, c in enumerate(_byte_chars())}
+    n = len(vocab)
+    if sorted(vocab.values()) != list(range(n)) or any(ch not in byte_of for t in vocab for ch in t):
+        raise TokenizerError(f"{path}: its vocabulary is not a byte-level BPE numbered 0..{n - 1}; "
+                             "not a GLM-4 tokenizer.json")
+    wrong = [t for i, t in enumerate(SPECIAL_TOKENS) if added.get(t) != n + i]
+    if wrong:
+        raise TokenizerError(f"{path}: GLM-4's special tokens {', '.join(wrong)} are not at ids {n}..{n + 13}; "
+                             "not a GLM-4 tokenizer.json (set model.family if it is another model's)")
+    tokens = [b""] * n
+    for text, i in vocab.items():
+        tokens[i] = bytes(byte_of[ch] for ch in text)
+    # Special-token names in text stay text in encode(): the plain BPE carries no added tokens.
+    spec["added_tokens"], spec["post_processor"] = [], None
+    return tokens, json.dumps(spec, ensure_ascii=False)
+
+
+def write_ranks(tokens: list[bytes], path: Path) -> None:
+    """A tiktoken rank file of ``tokens`` (what ChatGLM4Tokenizer reads)."""
+    path.write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % i for i, t in enumerate(tokens)))
 
 
 def _bpe_from_json(text: str):
@@ -303,7 +339,10 @@ class GLM4Tokenizer:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.model_file.resolve() != (out_dir / TOKENIZER_FILE).resolve():
-            shutil.copyfile(self.model_file, out_dir / TOKENIZER_FILE)
+            if self.model_file.name == TOKENIZER_FILE:
+                shutil.copyfile(self.model_file, out_dir / TOKENIZER_FILE)
+            else:  # read from a tokenizer.json: the rank file is written from it
+                write_ranks(self._tokens, out_dir / TOKENIZER_FILE)
         self.hf.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
         config = {"tokenizer_class": "PreTrainedTokenizerFast", **self._hf_config(), "glmtune_family": "glm4",
                   "added_tokens_decoder": {str(i): {"content": t, "special": True, "normalized": False,
@@ -327,8 +366,9 @@ def folder_chat_template(model_file: Path) -> str | None:
 
 
 def load_glm4_tokenizer(path: str | os.PathLike) -> GLM4Tokenizer:
-    """A GLM-4 tokenizer from its rank file (or a folder holding one), with the folder's chat template if any."""
+    """A GLM-4 tokenizer from its rank file or tokenizer.json (or a folder holding one; the rank file first),
+    with the folder's chat template if any."""
     path = Path(path)
     if path.is_dir():
-        path = path / TOKENIZER_FILE
+        path = path / TOKENIZER_FILE if (path / TOKENIZER_FILE).is_file() else path / "tokenizer.json"
     return GLM4Tokenizer(path, chat_template=folder_chat_template(path))
