@@ -174,3 +174,19 @@ def test_dataset_dir_is_the_working_directorys_and_running_elsewhere_says_where(
         load_config(lf_dir / "chatglm3_lora_sft.yaml")
     cfg = load_config(lf_dir / "chatglm3_lora_sft.yaml", [f"dataset_dir={lf_dir / 'data'}"])
     assert cfg.data.registry_file == str(lf_dir / "data" / "dataset_info.json")
+
+
+def test_web_ui_check_and_eval_read_datasets_by_name(lf_dir, chatglm3_dir):
+    from glmtune.infer.evaluate import EvalSettings
+    from glmtune.infer.loading import load_for_inference
+    from glmtune.webui import tasks
+
+    checked = tasks.check_data([], str(chatglm3_dir), tasks.data_config("auto", 64, 64), dataset=["alpaca_en_demo"],
+                               dataset_dir="data")
+    assert checked.problems == [] and "4 records -> 4 samples" in checked.summary
+    model, tok = load_for_inference(str(chatglm3_dir), device="cpu")
+    settings = EvalSettings(batch_size=4, max_new_tokens=2)
+    by_name = tasks.evaluate_file(model, tok, "", "auto", settings, dataset=["alpaca_en_demo"], dataset_dir="data")
+    by_file = tasks.evaluate_file(model, tok, "data/alpaca_en_demo.json", "auto", settings)
+    assert [row[1:] for row in by_name[1]] == [row[1:] for row in by_file[1]] and len(by_name[1]) == 4
+    assert by_name[1][0][0] == f"{lf_dir / 'data' / 'alpaca_en_demo.json'}:1" and by_name[0].metrics == by_file[0].metrics
