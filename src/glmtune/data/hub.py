@@ -23,8 +23,6 @@ from pathlib import Path
 
 from .errors import DataError
 
-HUB_URLS = ("hf_hub_url", "ms_hub_url")
-"""Hub keys glmtune can download from (``om_hub_url``/``script_url``/``cloud_file_name`` cannot)."""
 INSTALL_HINT = "the optional `datasets` library is not installed: pip install 'glmtune[hub]'"
 
 
