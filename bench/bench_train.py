@@ -1,28 +1,46 @@
-"""Training throughput on CPU: real (non-padding) tokens/s and peak RSS, padded vs packed batches.
+"""Training throughput on CPU: step time (median, spread), real tokens/s and peak RSS per batch mode.
 
 Setup (issue 4, comparable with the official finetune_hf.py on the same machine):
 shape ``chatglm3-bench`` (4 layers, hidden 512, 8 heads x 64, 2 kv groups, ffn 1536,
 vocab 65024; 78.7M parameters) stored fp16 and trained in fp32 on CPU; LoRA r 8 /
-alpha 32 / dropout 0.1 on q/k/v; batch 4; max input 256 / output 512; 2000 synthetic
-single-turn records, prompt 10-200 and answer 20-400 tokens (log-normal).
-Also checks that per-token losses agree between a padded and a packed batch
-of the same samples. Run one mode per process so peak RSS is per mode::
+alpha 32 / dropout 0.1 on q/k/v; batch 4; max input 256 / output 512; gradient
+checkpointing (the official script always enables it); 2000 synthetic single-turn
+records, prompt 10-200 and answer 20-400 tokens (log-normal), in a seeded shuffled
+order as the Trainer's sampler gives them.
 
-    python bench/bench_train.py --mode padded-full-logits --steps 20   # the official computation
-    python bench/bench_train.py --mode padded --steps 20               # glmtune's loss, padded
-    python bench/bench_train.py --mode packed --steps 20               # glmtune's loss, packed
-    python bench/bench_train.py --mode losses
+Modes: ``padded-full-logits`` is the official computation (right-padded batches,
+logits at every position); ``padded`` is glmtune's training loss (logits only where
+labels are, :mod:`glmtune.train.loss`) on the same batches; ``packed`` is glmtune's
+default: rows of max_input + max_output + 1 = 769 tokens (``batch`` rows a step),
+attention per sample (:mod:`glmtune.models.packed_attention`).
+
+The default run takes the modes' steps in turn in one process (step 1 of each mode,
+then step 2, ...), so the modes share whatever else the machine runs and their
+ratios hold on a busy machine, and prints per mode the median step time, its spread
+(max/min over the timed steps, 6-30 by default), real tokens/s, the ratio to the
+official computation, and with ``--rss`` each mode's peak RSS, trained alone in a
+fresh process::
+
+    python bench/bench_train.py --rss                    # all modes, interleaved
+    python bench/bench_train.py --attention sdpa         # packed rows through a dense block mask (before)
+    python bench/bench_train.py --mode packed --steps 30 # one mode, this process
+    python bench/bench_train.py --mode losses            # padded vs packed per-token losses
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import statistics
+import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
+
+MODES = ("padded-full-logits", "padded", "packed")
 
 
 def synthetic_samples(n: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -45,58 +63,80 @@ def synthetic_samples(n: int, vocab: int, seed: int = 0) -> list[dict]:
     return samples
 
 
-def build_model():
+def build_model(checkpointing: bool = False, packed_attention: bool = False):
     from glmtune import load_model
     from glmtune.methods import prepare
+    from glmtune.models.packed_attention import enable_packed_attention
 
     model = load_model("chatglm3-bench", dtype="fp16", seed=0).float()  # fp16 storage, trained in fp32 on CPU
     model.config.use_cache = False
-    return prepare(model, "lora", {"r": 8, "alpha": 32, "dropout": 0.1, "target": "qkv"}).model
+    model = prepare(model, "lora", {"r": 8, "alpha": 32, "dropout": 0.1, "target": "qkv"}).model
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if packed_attention:
+        enable_packed_attention(model)
+    return model
 
 
-def run_mode(mode: str, steps: int, batch: int) -> None:
-    """Train ``steps`` LoRA steps as ``glmtune train`` does and print real tokens/s and peak RSS.
-
-    ``padded-full-logits`` is the official demo's computation (right-padded
-    batches, logits for every position); ``padded`` and ``packed`` use
-    glmtune's training loss (logits only where labels are, :mod:`glmtune.train.loss`),
-    ``packed`` with rows of max_input + max_output + 1 = 769 tokens, ``batch`` rows a step.
-    """
+def batches(mode: str, samples: list[dict], batch: int, seed: int = 0):
+    """The batches ``glmtune train`` would feed, in a seeded shuffled order (the Trainer's random sampler)."""
     from glmtune.data.collate import PackedCollator, PackedDataset, PaddedCollator
-    from glmtune.train.loss import answer_only_loss, find_lm_head
 
-    samples = synthetic_samples(2000, 65024)
-    model = build_model().train()
+    if mode == "packed":
+        items, collate = PackedDataset(samples, 769), PackedCollator()
+    else:
+        items, collate = samples, PaddedCollator()
+    order = np.random.default_rng(seed).permutation(len(items)).tolist()
+    for i in range(0, len(order) - batch + 1, batch):
+        yield collate([items[j] for j in order[i:i + batch]])
+
+
+def train_step(model, lm_head, opt, mode: str, inputs: dict) -> tuple[float, int]:
+    """One optimizer step as ``glmtune train`` takes it; (seconds, real tokens)."""
+    from glmtune.train.loss import answer_only_loss
+
+    n_real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int((inputs["input_ids"] != 0).sum())
+    inputs["use_cache"] = False
+    start = time.perf_counter()
+    if mode == "padded-full-logits":
+        loss = model(**inputs).loss
+    else:
+        loss = answer_only_loss(model, lm_head, inputs)
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return time.perf_counter() - start, n_real
+
+
+def run_modes(modes: list[str], steps: int, batch: int, checkpointing: bool, attention: str) -> dict:
+    """``steps`` steps of each mode, taken in turn (mode A step 1, mode B step 1, ...) on one model.
+
+    Interleaving step by step makes the modes share whatever else the machine runs, so their ratios
+    hold on a busy machine; per-step times and real tokens per mode, and the process's peak RSS.
+    """
+    from glmtune.train.loss import find_lm_head
+
+    model = build_model(checkpointing, packed_attention=attention == "per-sample").train()
     lm_head = find_lm_head(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    if mode == "packed":
-        data, collate = PackedDataset(samples, 769), PackedCollator()
-        batch_of = lambda i: collate([data[j] for j in range(i * batch, (i + 1) * batch)])  # noqa: E731
-    else:
-        collate = PaddedCollator()
-        batch_of = lambda i: collate(samples[i * batch:(i + 1) * batch])  # noqa: E731
-    real = slots = 0
-    start = None
-    for step in range(steps + 1):
-        inputs = batch_of(step)
-        n_real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int((inputs["input_ids"] != 0).sum())
-        inputs["use_cache"] = False
-        if mode == "padded-full-logits":
-            loss = model(**inputs).loss
-        else:
-            loss = answer_only_loss(model, lm_head, inputs)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if step == 0:
-            start = time.perf_counter()  # first step warms up allocators; not timed
-            continue
-        real += n_real
-        slots += inputs["input_ids"].numel()
-    elapsed = time.perf_counter() - start
-    rss = peak_rss_mb()
-    print(f"{mode}: {steps} steps, {real / elapsed:.0f} real tokens/s, padding {100 * (1 - real / slots):.0f}% "
-          f"of token slots, peak RSS {rss:.0f} MB, {elapsed / steps:.2f} s/step, threads {torch.get_num_threads()}")
+    samples = synthetic_samples(2000, 65024)
+    feeds = {m: batches(m, samples, batch) for m in modes}
+    out = {m: {"mode": m, "times": [], "real": []} for m in modes}
+    for _ in range(steps):
+        for m in modes:
+            seconds, real = train_step(model, lm_head, opt, m, next(feeds[m]))
+            out[m]["times"].append(seconds)
+            out[m]["real"].append(real)
+    for m in modes:
+        out[m].update(rss_mb=peak_rss_mb(), threads=torch.get_num_threads())
+    return out
+
+
+def summary(result: dict, skip: int) -> dict:
+    """Median step time, spread (max/min), real tokens/s over the timed steps (after ``skip`` warm-up steps)."""
+    times, real = result["times"][skip:], result["real"][skip:]
+    return {"median_s": statistics.median(times), "spread": max(times) / min(times),
+            "tokens_s": sum(real) / sum(times), "rss_mb": result["rss_mb"]}
 
 
 def peak_rss_mb() -> float:
@@ -107,39 +147,85 @@ def peak_rss_mb() -> float:
 
 
 def compare_losses(n: int = 4) -> None:
-    """Per-token losses of the same samples, padded vs packed, in eval mode (no dropout)."""
+    """Per-token losses of the same samples, padded vs packed (both attention paths), in eval mode (no dropout)."""
     from glmtune.data.collate import PackedCollator, PaddedCollator
+    from glmtune.models.packed_attention import enable_packed_attention
 
     samples = synthetic_samples(n, 65024, seed=1)
     model = build_model().eval()
+    pb, packed = PaddedCollator()(samples), PackedCollator()(samples)
     with torch.no_grad():
-        pb = PaddedCollator()(samples)
         logits = model(input_ids=pb["input_ids"], attention_mask=pb["attention_mask"],
                        position_ids=pb["position_ids"]).logits
-        packed = PackedCollator()(samples)
-        plogits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
-    worst, offset = 0.0, 0
-    for i, s in enumerate(samples):
-        m = len(s["input_ids"])
-        a = torch.nn.functional.cross_entropy(logits[i, : m - 1], pb["input_ids"][i, 1:m], reduction="none")
-        b = torch.nn.functional.cross_entropy(plogits[0, offset: offset + m - 1],
-                                              packed["input_ids"][0, offset + 1: offset + m], reduction="none")
-        worst = max(worst, float((a - b).abs().max()))
-        offset += m
-    print(f"per-token loss, padded vs packed, {n} samples: max |difference| = {worst:.2e}")
+        masked = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        enable_packed_attention(model)
+        per_sample = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+    for name, plogits in (("dense block mask", masked), ("per-sample attention", per_sample)):
+        worst, offset = 0.0, 0
+        for i, s in enumerate(samples):
+            m = len(s["input_ids"])
+            a = torch.nn.functional.cross_entropy(logits[i, : m - 1], pb["input_ids"][i, 1:m], reduction="none")
+            b = torch.nn.functional.cross_entropy(plogits[0, offset: offset + m - 1],
+                                                  packed["input_ids"][0, offset + 1: offset + m], reduction="none")
+            worst = max(worst, float((a - b).abs().max()))
+            offset += m
+        print(f"per-token loss, padded vs packed ({name}), {n} samples: max |difference| = {worst:.2e}")
+
+
+def peak_rss_alone(mode: str, args) -> float:
+    """Peak RSS of ``mode`` trained alone in a fresh process (the same steps)."""
+    cmd = [sys.executable, __file__, "--mode", mode, "--json", "--steps", str(args.steps),
+           "--batch", str(args.batch), "--attention", args.attention]
+    cmd += [] if args.checkpointing else ["--no-checkpointing"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])[mode]["rss_mb"]
+
+
+def interleaved(args) -> None:
+    """Every mode, step by step in turn in this process; then (``--rss``) each mode's peak RSS alone."""
+    results = run_modes(args.modes, args.steps, args.batch, args.checkpointing, args.attention)
+    figures = {m: summary(r, args.skip) for m, r in results.items()}
+    base = figures.get("padded-full-logits")
+    print(f"steps {args.skip + 1}-{args.steps} of each mode, interleaved; batch {args.batch}; checkpointing "
+          f"{'on' if args.checkpointing else 'off'}; packed attention {args.attention}; "
+          f"threads {torch.get_num_threads()}")
+    for mode, f in figures.items():
+        rss = f"{peak_rss_alone(mode, args):.0f} MB" if args.rss else "(--rss)"
+        line = (f"{mode:>19}: {f['median_s']:.2f} s/step median, spread {f['spread']:.2f}x, "
+                f"{f['tokens_s']:.0f} real tokens/s, peak RSS {rss}")
+        if base:
+            line += f", {f['tokens_s'] / base['tokens_s']:.2f}x the official computation's tokens/s"
+        print(line, flush=True)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("padded-full-logits", "padded", "packed", "losses"), default="packed")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--mode", choices=("all", *MODES, "losses"), default="all")
+    p.add_argument("--modes", default=",".join(MODES), help="modes of --mode all, comma-separated")
+    p.add_argument("--rss", action="store_true", help="--mode all: also each mode's peak RSS, run alone")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the figures")
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
+    p.add_argument("--attention", choices=("per-sample", "sdpa"), default="per-sample",
+                   help="packed rows: per-sample attention (glmtune) or transformers' sdpa with a dense block mask")
+    p.add_argument("--json", action="store_true", help="one mode: print its raw per-step figures as JSON")
     args = p.parse_args(argv)
+    args.modes = [m for m in args.modes.split(",") if m]
     torch.manual_seed(0)
     if args.mode == "losses":
         compare_losses()
+    elif args.mode == "all":
+        interleaved(args)
     else:
-        run_mode(args.mode, args.steps, args.batch)
+        results = run_modes([args.mode], args.steps, args.batch, args.checkpointing, args.attention)
+        if args.json:
+            print(json.dumps(results))
+        else:
+            s = summary(results[args.mode], min(args.skip, args.steps - 1))
+            print(f"{args.mode}: {s['median_s']:.2f} s/step median, spread {s['spread']:.2f}x, "
+                  f"{s['tokens_s']:.0f} real tokens/s, peak RSS {s['rss_mb']:.0f} MB, "
+                  f"threads {torch.get_num_threads()}")
     return 0
 
 

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from glmtune.data import DataConfig, PackedCollator, PackedDataset, PaddedCollator, make_collator, pack
 from glmtune.data.dataset import EncodedDataset
+from glmtune.models.packed_attention import NAME as PER_SAMPLE, enable_packed_attention, segment_bounds
+
+# transformers' sdpa (a dense block-diagonal mask) and glmtune's per-sample attention: both must keep samples apart.
+ATTENTION = pytest.mark.parametrize("attention", ["sdpa", PER_SAMPLE])
+
+
+def _use(model, attention: str):
+    if attention == PER_SAMPLE:
+        enable_packed_attention(model)
+        assert model.config._attn_implementation == PER_SAMPLE
+    return model
 
 
 def _samples():
@@ -17,8 +29,9 @@ def _samples():
     return out
 
 
-def test_packed_row_equals_each_sample_alone(tiny_model):
-    model = tiny_model
+@ATTENTION
+def test_packed_row_equals_each_sample_alone(tiny_model, attention):
+    model = _use(tiny_model, attention)
     assert model.config.use_cache  # the default that would silently disable packed masking
     samples = _samples()
     batch = PackedCollator()(samples)
@@ -42,7 +55,9 @@ def test_packed_row_equals_each_sample_alone(tiny_model):
     assert not torch.allclose(flat.logits[0, 7:18], packed.logits[0, 7:18], atol=1e-3)
 
 
-def test_packed_rows_are_stacked_and_each_sample_matches_alone(tiny_model):
+@ATTENTION
+def test_packed_rows_are_stacked_and_each_sample_matches_alone(tiny_model, attention):
+    _use(tiny_model, attention)
     samples = _samples()
     ds = EncodedDataset.from_samples((s["input_ids"], s["labels"]) for s in samples)
     rows = PackedDataset(ds, max_length=16)
@@ -87,8 +102,30 @@ def test_padded_collator_right_pads_and_masks_labels(tiny_model):
 
 
 def test_make_collator_follows_config():
-    assert isinstance(make_collator(DataConfig()), PaddedCollator)
+    # Packed by default (a row length is known: input + output + 1), padded one option away.
+    assert DataConfig().packs and DataConfig().row_length == 1025
+    assert isinstance(make_collator(DataConfig()), PackedCollator)
+    assert isinstance(make_collator(DataConfig(packing=False)), PaddedCollator)
     assert isinstance(make_collator(DataConfig(packing=True, max_seq_length=64)), PackedCollator)
+    # No row length: the default falls back to padding (an explicit packing=true is refused at config time).
+    no_length = DataConfig(max_input_length=None, max_output_length=None)
+    assert not no_length.packs and isinstance(make_collator(no_length), PaddedCollator)
+    with pytest.raises(Exception, match="data.packing needs a row length"):
+        DataConfig(packing=True, max_input_length=None, max_output_length=None)
+
+
+def test_data_report_says_how_batches_are_formed(tmp_path, tokenizer):
+    import json
+
+    from glmtune.data import prepare_splits
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"conversations": [{"role": "user", "content": "hi"},
+                                                  {"role": "assistant", "content": "hello"}]}) + "\n")
+    default = prepare_splits(DataConfig(train_file=str(path), cache=False), tokenizer).report.format()
+    assert "packed rows of 1025 tokens" in default and "data.packing=false" in default
+    padded = prepare_splits(DataConfig(train_file=str(path), cache=False, packing=False), tokenizer).report.format()
+    assert "right-padded" in padded and "packed rows" not in padded
 
 
 def test_packing_end_to_end_from_config(tmp_path, tokenizer, tiny_model):
@@ -116,11 +153,12 @@ def test_packing_end_to_end_from_config(tmp_path, tokenizer, tiny_model):
     assert abs(packed - total / count) < 1e-5
 
 
-def test_packed_row_with_ptuning_prefix_equals_each_sample_alone(tiny_model):
+@ATTENTION
+def test_packed_row_with_ptuning_prefix_equals_each_sample_alone(tiny_model, attention):
     """P-Tuning builds its own mask: packed rows must still not attend across samples."""
     from glmtune.methods import prepare
 
-    model = prepare(tiny_model, "ptuning", {"num_virtual_tokens": 4}).model.eval()
+    model = _use(prepare(tiny_model, "ptuning", {"num_virtual_tokens": 4}).model.eval(), attention)
     samples = _samples()
     batch = PackedCollator()(samples)
     with torch.no_grad():
@@ -131,3 +169,54 @@ def test_packed_row_with_ptuning_prefix_equals_each_sample_alone(tiny_model):
             alone = model(input_ids=torch.tensor([s["input_ids"]])).logits[0]
             assert torch.allclose(packed[start:start + n], alone, atol=1e-5, rtol=0)
             start += n
+
+
+def test_per_sample_attention_builds_no_mask_and_runs_causal_per_sample(tiny_model, monkeypatch):
+    """The packed path: no dense mask reaches SDPA; one is_causal call per sample span of each row."""
+    enable_packed_attention(tiny_model)
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        calls.append((q.shape[2], attn_mask, kwargs.get("is_causal")))
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    batch = PackedCollator()(_samples())
+    with torch.no_grad():
+        tiny_model(**batch)
+    layers = tiny_model.config.num_hidden_layers
+    assert sorted(c[0] for c in calls) == sorted([7, 11, 5] * layers)
+    assert all(mask is None and causal for _, mask, causal in calls)
+    # A padded batch still gets transformers' own sdpa mask (one call per layer, a mask given).
+    calls.clear()
+    with torch.no_grad():
+        tiny_model(**PaddedCollator()(_samples()))
+    assert len(calls) == layers and all(mask is not None for _, mask, _ in calls)
+
+
+def test_per_sample_attention_gradients_equal_padded(tiny_model):
+    """Training through the packed path gives each sample the gradient it has in a padded batch."""
+    from glmtune.train.loss import answer_only_loss, find_lm_head
+
+    samples = _samples()
+
+    def grads(batch):
+        tiny_model.zero_grad()
+        answer_only_loss(tiny_model, find_lm_head(tiny_model), batch).backward()
+        return {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+
+    padded = PaddedCollator()(samples)
+    padded["labels"][:, 0] = -100  # a packed sample never learns its first token (nothing precedes it)
+    tiny_model.train()
+    reference = grads(padded)
+    enable_packed_attention(tiny_model)
+    packed = grads(PackedCollator()(samples))
+    assert reference.keys() == packed.keys()
+    for name, g in reference.items():
+        assert torch.allclose(g, packed[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_segment_bounds():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
+    assert segment_bounds(pos) == [[(0, 3), (3, 5), (5, 6)], [(0, 6)]]

@@ -131,10 +131,11 @@ class PackedDataset:
 
 
 def make_collator(cfg, pad_id: int = 0):
-    """The collator for ``cfg`` (a :class:`DataConfig`): packed when ``cfg.packing``, else padded."""
-    return PackedCollator(pad_id=pad_id) if cfg.packing else PaddedCollator(pad_id=pad_id)
+    """The collator for ``cfg`` (a :class:`DataConfig`): packed when ``cfg.packs``, else padded."""
+    return PackedCollator(pad_id=pad_id) if cfg.packs else PaddedCollator(pad_id=pad_id)
 
 
 def training_dataset(dataset, cfg):
-    """``dataset`` as the Trainer should see it: packed into rows of ``cfg.row_length`` when ``cfg.packing``."""
-    return PackedDataset(dataset, cfg.row_length) if cfg.packing else dataset
+    """``dataset`` as the Trainer should see it: packed into rows of ``cfg.row_length`` when ``cfg.packs``."""
+    return PackedDataset(dataset, cfg.row_length) if cfg.packs else dataset
+

@@ -66,8 +66,10 @@ class DataConfig:
     """Total length cap; when set, it replaces input+output+1 as the chat cap."""
     truncation: str = "right"
     """right: cut over-long samples at the end (official); drop: leave them out (reported)."""
-    packing: bool = False
-    """Pack several samples into one row with no padding (position ids restart per sample)."""
+    packing: bool | None = None
+    """Pack several samples into rows of ``pack_length`` tokens with no padding (position ids restart per sample,
+    no attention across samples). null (default): packed whenever a row length is known; false: the official
+    right-padded batches."""
     pack_length: int | None = None
     """Row length for packing; defaults to ``max_seq_length`` or input+output+1."""
     skip_invalid: bool = False
@@ -139,6 +141,19 @@ class DataConfig:
         if self.max_input_length is not None and self.max_output_length is not None:
             return self.max_input_length + self.max_output_length + 1
         return None
+
+    @property
+    def packs(self) -> bool:
+        """Whether training batches are packed rows (``packing``, or by default whenever a row length is known)."""
+        return self.packing if self.packing is not None else self.row_length is not None
+
+    def batching_note(self) -> str:
+        """How training batches are formed, for the data report."""
+        if self.packs:
+            how = "by default" if self.packing is None else "data.packing=true"
+            return (f"training batches: packed rows of {self.row_length} tokens, no padding, no attention across "
+                    f"samples ({how}; data.packing=false gives the official right-padded batches)")
+        return "training batches: right-padded to the longest sample of each batch (data.packing=false)"
 
     @property
     def row_length(self) -> int | None:

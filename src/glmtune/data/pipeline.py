@@ -82,7 +82,7 @@ def prepare_splits(cfg: DataConfig, tokenizer, *, base_dir: str | Path | None = 
                         "fix: set data.train_file=path/to/train.jsonl)")
     sources = split_sources(cfg, base_dir)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache.default_cache_dir()
-    report, datasets, problems = DataReport(), {}, DataProblems()
+    report, datasets, problems = DataReport(batching=cfg.batching_note()), {}, DataProblems()
     for split in SPLITS:
         if not sources[split]:
             datasets[split] = None

@@ -81,6 +81,8 @@ class DataReport:
 
     splits: dict[str, SplitReport] = field(default_factory=dict)
     from_cache: dict[str, bool] = field(default_factory=dict)
+    batching: str = ""
+    """How training batches are formed (packed rows or padded), from ``DataConfig.batching_note``."""
 
     def __getattr__(self, name):
         # Train-split shortcuts (report.records, report.truncated, ...) for the common case.
@@ -98,4 +100,6 @@ class DataReport:
             if self.from_cache.get(name):
                 text += "\n  (from cache)"
             out.append(text)
+        if self.batching and "train" in self.splits:
+            out.append(self.batching)
         return "\n".join(out)
