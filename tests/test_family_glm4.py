@@ -422,3 +422,51 @@ def test_tokenizer_json_loads_as_the_rank_file(small, tmp_path):
     (hf_only / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
     with pytest.raises(TokenizerError, match=r"special tokens <\|user\|> are not at ids"):
         load_glm4_tokenizer(hf_only)
+
+
+# -- P-Tuning v2 as GLM-4's demo saves it (PEFT prefix tuning) -------------------------------------------------
+def test_peft_prefix_checkpoint_loads_with_official_semantics(tiny_model, tmp_path):
+    """A PEFT PREFIX_TUNING checkpoint made by PEFT itself loads: per-layer keys/values equal PEFT's own
+    get_prompt, and the model gives the same logits as the same prefix in ChatGLM3's official format."""
+    import torch
+    from peft import PrefixTuningConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    from glmtune.methods.ptuning_io import apply_prefix
+    from glmtune.methods.ptuning_peft import apply_peft_prefix, is_peft_prefix
+    from glmtune.methods.errors import MethodError
+
+    cfg = tiny_model.config
+    groups, d = cfg.num_key_value_heads, cfg.head_dim
+    peft_dir = tmp_path / "peft"
+    torch.manual_seed(0)
+    peft_model = get_peft_model(tiny_model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5,
+                                                               num_attention_heads=groups, token_dim=groups * d))
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.normal_()
+    peft_model.save_pretrained(str(peft_dir))
+    expected = peft_model.get_prompt(batch_size=1)
+    base = peft_model.get_base_model()
+    assert is_peft_prefix(peft_dir) and not is_peft_prefix(tmp_path)
+
+    wrapped = apply_peft_prefix(base, peft_dir)
+    ours = wrapped.get_prompt(1, torch.float32)
+    assert len(ours) == len(expected.layers) == cfg.num_hidden_layers  # PEFT hands a DynamicCache to the model
+    for (k, v), layer in zip(ours, expected.layers):
+        assert torch.equal(k, layer.keys) and torch.equal(v, layer.values)
+
+    official = tmp_path / "official"
+    official.mkdir()
+    weight = wrapped.prefix_encoder.embedding.weight.detach().clone()
+    save_file({"transformer.prefix_encoder.embedding.weight": weight}, str(official / "prefix_encoder.safetensors"))
+    (official / "config.json").write_text(json.dumps({"pre_seq_len": 5, "prefix_projection": False}))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        a = wrapped(input_ids=ids).logits
+        b = apply_prefix(wrapped.base_model, official)(input_ids=ids).logits
+    assert torch.equal(a, b)
+
+    bad = json.loads((peft_dir / "adapter_config.json").read_text())
+    (peft_dir / "adapter_config.json").write_text(json.dumps({**bad, "num_attention_heads": groups * 2}))
+    with pytest.raises(MethodError, match="another model shape: num_attention_heads"):
+        apply_peft_prefix(wrapped.base_model, peft_dir)
