@@ -10,15 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import glm4_format
-from .base import Family
+from .base import Family, model_names
 from .glm4_tokenizer import TOKENIZER_FILE, GLM4Tokenizer, load_glm4_tokenizer
 
 VOCAB = 151552
 """GLM-4's padded vocabulary (151329 ranks + 14 special tokens, padded)."""
-
-
-def _names(config: dict, tok_config: dict) -> str:
-    return " ".join(str(d.get(k, "")) for d in (config, tok_config) for k in ("_name_or_path", "name_or_path")).lower()
 
 
 def _detect(config: dict, tok_config: dict, folder: Path) -> bool:
@@ -29,7 +25,7 @@ def _detect(config: dict, tok_config: dict, folder: Path) -> bool:
         return config.get("vocab_size") == VOCAB
     if model_type:  # glm4 is GLM-4-0414's own family
         return False
-    names = _names(config, tok_config)
+    names = model_names(config, tok_config)
     return tok_config.get("tokenizer_class") == "ChatGLM4Tokenizer" or (
         "glm-4" in names and "0414" not in names and "z1" not in names)
 
