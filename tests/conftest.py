@@ -158,3 +158,128 @@ def tiny_workspace(tmp_path_factory) -> dict:
     tok, tok_dir = make_tokenizer(out, data, None)
     base = make_base_model(out, tok, tok_dir, seed=0)
     return {"out": out, "data": data, "model": base, "runs": out / "runs"}
+
+
+# --- multi-process training (issue 14): tests/test_fsdp.py, tests/test_ddp_equivalence.py ----------------------
+# One torchrun launch per mode trains every method, then resumes each from its step-2 checkpoint; the
+# single-process references train in this process. The global batch is the same (2 processes x 2 = 1 x 4), and
+# dropout is off, so the runs must agree to float rounding.
+DIST_METHODS = {"lora": {"lora": {"dropout": 0.0}},
+                "ptuning": {"ptuning": {"num_virtual_tokens": 4, "prefix_dropout": 0.0}},
+                "full": {}}
+
+_DIST_WORKER = '''
+import json, os, shutil, sys
+from pathlib import Path
+import torch.distributed as dist
+from transformers import TrainerCallback
+from glmtune.config import load_config
+from glmtune.train import run_training
+from glmtune.train.distributed import local_bytes
+
+class Memory(TrainerCallback):
+    def __init__(self, path):
+        self.path = path
+    def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.path.write_text(json.dumps(local_bytes(model, optimizer)))
+
+def main(spec):
+    spec = json.loads(spec)
+    world = spec["world"]
+    for method, options in spec["methods"].items():
+        out = Path(spec["out"]) / method
+        cfg = dict(spec["config"], method={"name": method, **options}, output={"dir": str(out), "plots": False})
+        cfg["training"] = dict(cfg["training"], batch_size=4 // world, fsdp={"enabled": spec["fsdp"]})
+        rank = int(os.environ.get("RANK", "0"))  # the process group starts inside run_training
+        mem = Path(spec["out"]) / f"{method}-memory-{rank}.json"
+        run_training(load_config(cfg), quiet=True, callbacks=[Memory(mem)])
+        if not spec["resume"]:
+            continue
+        again = out.with_name(method + "-resumed")
+        if rank == 0:  # the run as it stood at its step-2 checkpoint
+            shutil.copytree(out, again, ignore=shutil.ignore_patterns("final", "checkpoint-4"))
+            log = again / "trainer_log.jsonl"
+            log.write_text("".join(x for x in log.read_text().splitlines(True) if json.loads(x)["step"] <= 2))
+        dist.barrier()
+        cfg["output"] = {"dir": str(again), "plots": False}
+        cfg["training"] = dict(cfg["training"], resume="2")
+        run_training(load_config(cfg), quiet=True)
+
+if __name__ == "__main__":
+    main(sys.argv[1])
+'''
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def dist_workspace(tmp_path_factory) -> dict:
+    """A tiny GLM model folder, a tokenizer and 16 chat records, plus the config every distributed test trains."""
+    import json
+
+    from glmtune.models import load_model, save_model
+    from glmtune.tokenizer import load_tokenizer, train_tokenizer
+
+    root = tmp_path_factory.mktemp("dist")
+    rows = [{"conversations": [{"role": "user", "content": f"colour of {i}?"},
+                               {"role": "assistant", "content": f"item {i} is {'red' * (1 + i % 3)}."}]}
+            for i in range(16)]
+    train_tokenizer([m["content"] for r in rows for m in r["conversations"]] * 4, root / "tok", vocab_size=300)
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_model(load_model("tiny", vocab_size=load_tokenizer(root / "tok").vocab_size, seed=3), root / "base")
+    config = {
+        "model": {"path": str(root / "base"), "tokenizer": str(root / "tok"), "device": "cpu"},
+        "data": {"train_file": "train.jsonl", "data_dir": str(root), "max_input_length": 16,
+                 "max_output_length": 16, "cache": False},
+        "training": {"max_steps": 4, "logging_steps": 1, "save_steps": 2, "save_total_limit": None,
+                     "tensorboard": False, "learning_rate": 1e-3},
+        "evaluation": {"strategy": "no"},
+    }
+    (root / "worker.py").write_text(_DIST_WORKER)
+    return {"root": root, "config": config}
+
+
+def _dist_spec(ws: dict, out, world: int, fsdp: bool, resume: bool) -> str:
+    import json
+
+    return json.dumps({"out": str(out), "world": world, "fsdp": fsdp, "resume": resume,
+                       "methods": DIST_METHODS, "config": ws["config"]})
+
+
+@pytest.fixture(scope="session")
+def dist_runs(dist_workspace):
+    """``dist_runs(mode)``: the run folders of one mode ('single': one process, in this process; 'fsdp' / 'ddp':
+    ``torchrun --nproc_per_node 2``), trained once per session: ``{folder}/{method}``, ``{method}-resumed``."""
+    import subprocess
+    import sys
+
+    cache: dict = {}
+
+    def run(mode: str):
+        if mode in cache:
+            return cache[mode]
+        out = dist_workspace["root"] / mode
+        worker = dist_workspace["root"] / "worker.py"
+        if mode == "single":
+            import importlib.util
+
+            spec = importlib.util.spec_from_file_location("glmtune_dist_worker", worker)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            module.main(_dist_spec(dist_workspace, out, 1, False, False))
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                   "127.0.0.1", "--master_port", str(free_port()), str(worker),
+                   _dist_spec(dist_workspace, out, 2, mode == "fsdp", True)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+        cache[mode] = out
+        return out
+
+    return run
