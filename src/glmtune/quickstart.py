@@ -2,7 +2,7 @@
 
 Steps (each the same code path as the real commands):
 
-1. tokenizer: the real ChatGLM3 ``tokenizer.model`` if given (``--tokenizer``),
+1. tokenizer: a real GLM model's tokenizer if given (``--tokenizer``, any family),
    else a small SentencePiece model trained on the bundled text, with the same
    special-token scheme;
 2. data: the bundled self-cognition set (64 Chinese/English identity Q&A
@@ -52,7 +52,7 @@ class QuickstartOptions:
     author: str = "the glmtune team"
     """Who the assistant says made it."""
     tokenizer: str | None = None
-    """A real ChatGLM3 tokenizer.model (or its folder); default: train a small one on bundled text."""
+    """A real GLM tokenizer (a model folder of any family, or its tokenizer file); default: train a small one."""
     method: str = "full"
     """full (default: learns from random weights in seconds) or lora."""
     steps: int = 60
@@ -98,18 +98,18 @@ def write_dataset(out: Path, name: str, author: str) -> Path:
 
 def make_tokenizer(out: Path, data_file: Path, given: str | None):
     # deferred: imports torch
-    from .families import load_tokenizer
+    from .families import family_of, load_tokenizer
     from .tokenizer import train_tokenizer
 
     if given:
         tok = load_tokenizer(given)
-        say(f"using the ChatGLM3 tokenizer from {given} ({tok.vocab_size} tokens)")
+        say(f"using the {family_of(tok).title} tokenizer from {given} ({tok.vocab_size} tokens)")
         return tok, tok.model_file.parent
     records = json.loads(data_file.read_text(encoding="utf-8"))
     texts = [m["content"] for r in records for m in r["conversations"]]
     tok = train_tokenizer(texts * 4, out / "tokenizer", vocab_size=1000)
     say(f"no tokenizer given: trained a {tok.vocab_size}-token SentencePiece tokenizer on the bundled text "
-        f"-> {out / 'tokenizer'} (pass --tokenizer DIR to use the real ChatGLM3 one)")
+        f"-> {out / 'tokenizer'} (pass --tokenizer DIR to use a real GLM model's)")
     return tok, out / "tokenizer"
 
 

@@ -24,7 +24,7 @@ An input line `stop` or `exit` quits (also in place of an observation).
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """--model/--adapter/--prefix/--tokenizer/--dtype/--device, shared with eval and serve."""
-    p.add_argument("--model", required=True, help="model folder (ChatGLM3 or native GLM layout)")
+    p.add_argument("--model", required=True, help="model folder (ChatGLM2/3, GLM-4 or GLM-4-0414, THUDM or native layout)")
     tuned = p.add_mutually_exclusive_group()
     tuned.add_argument("--adapter", help="LoRA/DoRA adapter folder to apply (unmerged)")
     tuned.add_argument("--prefix", help="P-Tuning v2 folder to apply")

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="Glimmer", help="the assistant's name to teach (default Glimmer)")
     p.add_argument("--author", default="the glmtune team", help="who the assistant says made it")
     p.add_argument("--tokenizer", default=None,
-                   help="a real ChatGLM3 tokenizer.model or its folder (default: train a small one on bundled text)")
+                   help="a real GLM model folder (any family: ChatGLM2/3, GLM-4, GLM-4-0414) or its tokenizer file "
+                        "(default: train a small one on bundled text)")
     p.add_argument("--method", choices=("full", "lora"), default="full", help="fine-tuning method (default full)")
     p.add_argument("--steps", type=int, default=60, help="optimizer steps (default 60)")
     p.add_argument("--seed", type=int, default=0)
