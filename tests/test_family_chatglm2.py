@@ -275,3 +275,55 @@ def test_linear_rope_is_positions_over_ratio():
     assert not torch.allclose(base_cos[0, :, :4], ref[..., 0], atol=1e-3)
     assert chatglm_to_glm_config({**cfg, "rope_ratio": 1}, linear_rope=True).rope_parameters["rope_type"] == "default"
     assert get_family("chatglm2").rope == "linear"
+
+
+# -- end to end: train, export, reload, chat ------------------------------------------------------
+@pytest.fixture(scope="module")
+def chatglm2_dir(chatglm3_dir, tmp_path_factory):
+    """A tiny ChatGLM2 folder: the tiny ChatGLM3 checkpoint's weights (same architecture) under ChatGLM2's config files."""
+    out = tmp_path_factory.mktemp("chatglm2-tiny")
+    for f in chatglm3_dir.iterdir():
+        if f.is_file():
+            shutil.copyfile(f, out / f.name)
+    config = json.loads((out / "config.json").read_text())
+    config = {k: v for k, v in config.items() if k != "glmtune_family"}
+    (out / "config.json").write_text(json.dumps({**config, "_name_or_path": "THUDM/chatglm2-6b"}))
+    (out / "tokenizer_config.json").write_text(json.dumps(CHATGLM2_TOKENIZER_CONFIG))
+    return out
+
+
+@pytest.mark.parametrize("config", ["lora.yaml", "ptuning.yaml"])
+def test_trains_exports_reloads_and_chats(chatglm2_dir, tmp_path, config, capsys):
+    from transformers import AutoModelForCausalLM
+
+    import glmtune
+    from conftest import ROOT
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "你好", "response": "你好，我是助手。", "history": [["hi", "hello"]]},
+                                       ensure_ascii=False) + "\n" for _ in range(4)), encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", str(ROOT / "examples" / config), f"model.path={chatglm2_dir}",
+                 f"data.train_file={data}", "data.val_file=", "data.test_file=", "training.max_steps=2",
+                 "training.batch_size=2", "training.gradient_checkpointing=false", "evaluation.strategy=no",
+                 f"output.dir={run}", "training.save_steps=2"]) == 0
+    tok = load_tokenizer(chatglm2_dir)
+    ids = build_prompt([{"role": "user", "content": "你好"}], tok)
+    kind = "--prefix" if config == "ptuning.yaml" else "--adapter"
+    assert main(["chat", "--model", str(chatglm2_dir), kind, str(run / "final"), "--prompt", "你好",
+                 "--max-new-tokens", "3", "--show-prompt"]) == 0
+    assert str(ids) in capsys.readouterr().out
+    if config == "ptuning.yaml":
+        return  # a prefix is not merged into weights (export --layout chatglm3 writes it as the official demo)
+    exported = tmp_path / "export"
+    assert main(["export", "--model", str(chatglm2_dir), "--adapter", str(run / "final"), "--out", str(exported),
+                 "--dtype", "fp32"]) == 0
+    assert detect_family(exported).name == "chatglm2"
+    assert json.loads((exported / "generation_config.json").read_text())["eos_token_id"] == [2]
+    again = load_tokenizer(exported)
+    assert again.family_name == "chatglm2" and build_prompt([{"role": "user", "content": "你好"}], again) == ids
+    tuned = glmtune.load_model(chatglm2_dir, adapter=run / "final", dtype="fp32")
+    reloaded = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        assert torch.allclose(tuned(x).logits, reloaded(x).logits, atol=1e-5)

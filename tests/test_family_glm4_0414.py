@@ -237,3 +237,42 @@ def test_load_model_is_transformers_glm4(folder, tok):
     ids = torch.tensor([build_prompt(CHAT[:2], tok)])
     with torch.no_grad():
         assert torch.equal(ours(ids).logits, ref(ids).logits)
+
+
+def _train(config: str, model, data, out) -> None:
+    from conftest import ROOT
+
+    assert main(["train", "--quiet", str(ROOT / "examples" / config), f"model.path={model}", f"data.train_file={data}",
+                 "data.val_file=", "data.test_file=", "training.max_steps=2", "training.batch_size=2",
+                 "training.gradient_checkpointing=false", "evaluation.strategy=no", f"output.dir={out}",
+                 "training.save_steps=2"]) == 0
+
+
+@pytest.mark.parametrize("config", ["lora.yaml", "freeze.yaml"])
+def test_trains_exports_and_reloads(folder, tok, tmp_path, config):
+    """LoRA and freeze train on Glm4ForCausalLM; the export reloads in transformers with the same logits."""
+    from transformers import Glm4ForCausalLM
+
+    import glmtune
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"messages": CHAT}, ensure_ascii=False) + "\n" for _ in range(4)),
+                    encoding="utf-8")
+    _train(config, folder, data, tmp_path / "run")
+    exported = tmp_path / "export"
+    assert main(["export", "--model", str(folder), "--adapter", str(tmp_path / "run" / "final"), "--out",
+                 str(exported), "--dtype", "fp32"]) == 0
+    assert detect_family(exported).name == "glm4-0414" and load_tokenizer(exported).stop_ids == tok.stop_ids
+    ids = torch.tensor([build_prompt(CHAT[:2], tok)])
+    tuned = glmtune.load_model(folder, adapter=tmp_path / "run" / "final", dtype="fp32")
+    with torch.no_grad():
+        reloaded = Glm4ForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()(ids).logits
+        assert torch.allclose(tuned(ids).logits, reloaded, atol=1e-5)
+        assert not torch.allclose(glmtune.load_model(folder, dtype="fp32")(ids).logits, reloaded, atol=1e-4)
+
+
+def test_chat_prompt_is_the_template(folder, tok, capsys):
+    assert main(["chat", "--model", str(folder), "--prompt", "今天北京天气怎么样？", "--max-new-tokens", "2",
+                 "--show-prompt"]) == 0
+    expected = _template_ids(tok, CHAT[1:2], add_generation_prompt=True)
+    assert f"prompt: {expected}" in capsys.readouterr().out

@@ -194,8 +194,7 @@ def merge_adapter(model: nn.Module):
     """A plain ``GlmForCausalLM`` with LoRA/DoRA merged into its weights (for export)."""
     # deferred: peft is heavy; transformers is heavy
     from peft import PeftModel
-    from transformers import GlmForCausalLM
-
+    from transformers import Glm4ForCausalLM, GlmForCausalLM
 
     if isinstance(model, PrefixModel):
         raise MethodError(PTUNING_MERGE_ADVICE)
@@ -203,7 +202,7 @@ def merge_adapter(model: nn.Module):
         merged = model.merge_and_unload()
         merged.eval()
         return merged
-    if isinstance(model, GlmForCausalLM):
+    if isinstance(model, (GlmForCausalLM, Glm4ForCausalLM)):  # Glm4: GLM-4-0414
         return model
     raise MethodError(f"cannot merge a {type(model).__name__}; expected a LoRA (PEFT) model or GlmForCausalLM")
 
