@@ -158,8 +158,13 @@ def test_decode_as_official(small):
     assert tok.batch_decode([[ranks[b"a"]], [n]]) == ["a", "<|endoftext|>"]
 
 
-def test_pad_left_as_official(small):
+def test_pad_left_as_official_and_pickles(small):
+    import pickle
+
     tok, _ = small
+    tok.hf  # built lazily; a tokenizer that built it must still pickle (data workers, deep copies)
+    again = pickle.loads(pickle.dumps(tok))
+    assert again.encode(SAMPLE) == tok.encode(SAMPLE) and again.hf.encode("a") == tok.hf.encode("a")
     batch = tok.pad([[5, 6, 7], [8]])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [tok.pad_token_id, tok.pad_token_id, 8]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]

@@ -95,6 +95,7 @@ def build_bpe(tokens: list[bytes]):
 
 _CACHE: dict[str, tuple[list[bytes], str]] = {}
 _CACHE_LOCK = threading.Lock()
+_HF_LOCK = threading.Lock()  # module-level: a tokenizer object stays picklable
 
 
 def _load_bpe(path: Path) -> tuple[list[bytes], str]:
@@ -196,7 +197,6 @@ class GLM4Tokenizer:
         self.bos_token_id = None
         self._chat_template = chat_template
         self._hf = None
-        self._hf_lock = threading.Lock()
 
     # -- the transformers tokenizer ------------------------------------------
     @property
@@ -211,7 +211,7 @@ class GLM4Tokenizer:
     @property
     def hf(self):
         """The equivalent ``transformers.PreTrainedTokenizerFast`` (same ids, same text, the chat template)."""
-        with self._hf_lock:
+        with _HF_LOCK:
             if self._hf is None:
                 # Deferred: transformers is heavy and only this property needs it here.
                 from transformers import PreTrainedTokenizerFast
