@@ -327,3 +327,18 @@ def test_trains_exports_reloads_and_chats(chatglm2_dir, tmp_path, config, capsys
     x = torch.tensor([ids])
     with torch.no_grad():
         assert torch.allclose(tuned(x).logits, reloaded(x).logits, atol=1e-5)
+
+
+def test_chatglm2_32k_folder_loads_with_linear_rope(chatglm2_dir, tmp_path):
+    """A ChatGLM2-6B-32k folder (rope_ratio 16) divides positions; the same config named ChatGLM3 scales the base."""
+    from glmtune.models import load_model
+
+    for name, expected in (("THUDM/chatglm2-6b-32k", {"rope_type": "linear", "factor": 16.0, "rope_theta": 10000.0}),
+                           ("THUDM/chatglm3-6b-32k", {"rope_type": "default", "rope_theta": 160000.0})):
+        folder = tmp_path / name.split("/")[1]
+        shutil.copytree(chatglm2_dir, folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "_name_or_path": name, "rope_ratio": 16}))
+        (folder / "tokenizer_config.json").write_text(json.dumps({**CHATGLM2_TOKENIZER_CONFIG, "name_or_path": name}))
+        params = load_model(folder, dtype="fp32").config.rope_parameters
+        assert {k: params[k] for k in expected} == expected

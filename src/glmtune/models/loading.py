@@ -31,6 +31,7 @@ from .convert import (
     fuse_qkv,
     glm_to_chatglm_config,
 )
+from ..families import FamilyError, detect_family
 from .shapes import SHAPES, shape_config
 
 # Key prefix of the official ChatGLM3 P-Tuning v2 prefix encoder's tensors in a checkpoint folder.
@@ -70,7 +71,8 @@ def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
     cfg = read_json(config_file)
     model_type = cfg.get("model_type")
     if model_type == "chatglm":
-        return "chatglm3", chatglm_to_glm_config(cfg, source=str(config_file))
+        linear = float(cfg.get("rope_ratio") or 1) != 1.0 and _family_rope(folder) == "linear"
+        return "chatglm3", chatglm_to_glm_config(cfg, source=str(config_file), linear_rope=linear)
     if model_type in ("glm", "glm4"):  # glm4: GLM-4-0414 / GLM-Z1, transformers' Glm4ForCausalLM
         check_config_values(cfg, GLM_VALUE_KINDS, str(config_file))
         cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "torch_dtype", "dtype")}
@@ -86,6 +88,15 @@ def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
         f"{config_file}: model_type {model_type!r} is not a ChatGLM ('chatglm'), GLM ('glm') or GLM-4-0414 ('glm4') model; "
         "glmtune loads only the GLM family"
     )
+
+
+def _family_rope(folder: Path) -> str:
+    """How the folder's family applies ``rope_ratio``: ChatGLM2-6B-32k divides positions ("linear"), ChatGLM3-32k and
+    GLM-4 scale the base ("base", also when the family cannot be told: what glmtune always did)."""
+    try:
+        return detect_family(folder).rope
+    except FamilyError:
+        return "base"
 
 
 _LAYER_INDEX = {"chatglm3": re.compile(r"^transformer\.encoder\.layers\.(\d+)\."),
