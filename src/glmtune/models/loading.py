@@ -71,7 +71,7 @@ def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
     cfg = read_json(config_file)
     model_type = cfg.get("model_type")
     if model_type == "chatglm":
-        linear = float(cfg.get("rope_ratio") or 1) != 1.0 and _family_rope(folder) == "linear"
+        linear = _family_rope(folder) == "linear"
         return "chatglm3", chatglm_to_glm_config(cfg, source=str(config_file), linear_rope=linear)
     if model_type in ("glm", "glm4"):  # glm4: GLM-4-0414 / GLM-Z1, transformers' Glm4ForCausalLM
         check_config_values(cfg, GLM_VALUE_KINDS, str(config_file))
