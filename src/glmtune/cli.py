@@ -16,7 +16,7 @@ from .errors import GlmtuneError, UserError  # noqa: F401  (UserError re-exporte
 from . import __version__
 
 # Plain registry: subcommand module names under glmtune.commands.
-COMMAND_MODULES = ("quickstart", "data", "train", "chat", "eval", "export", "serve", "init_model", "webui")
+COMMAND_MODULES = ("quickstart", "data", "train", "plan", "chat", "eval", "export", "serve", "init_model", "webui")
 
 
 def build_parser() -> argparse.ArgumentParser:
