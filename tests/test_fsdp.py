@@ -124,3 +124,30 @@ def test_one_process_ignores_fsdp(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     plan = shard_plan(cfg, "bf16")
     assert (plan.compute, plan.cpu_offload, plan.reshard_after_forward) == ("bf16", True, True)
+
+
+def test_zero3_and_transformers_fsdp_options_are_refused_naming_training_fsdp(tmp_path):
+    from glmtune.config import ConfigError, check_deepspeed, load_config
+
+    ds = tmp_path / "ds_zero_3.json"
+    ds.write_text('{"zero_optimization": {"stage": 3}}')
+    with pytest.raises(ConfigError, match="ZeRO-3 .* not supported.*set training.fsdp.enabled=true"):
+        check_deepspeed(str(ds))
+    with pytest.raises(ConfigError, match="extra_args.fsdp: .*set training.fsdp.enabled=true"):
+        load_config({"model": {"path": "tiny"}, "training": {"extra_args": {"fsdp": "full_shard"}}}, check_files=False)
+
+
+def test_a_deepspeed_config_without_deepspeed_installed_is_refused_before_the_model(tmp_path, monkeypatch):
+    import importlib.util
+
+    from glmtune.config import ConfigError, load_config
+    from glmtune.train.setup import resolve_precision, training_arguments
+
+    ds = tmp_path / "ds_zero_2.json"
+    ds.write_text('{"zero_optimization": {"stage": 2}}')
+    cfg = load_config({"model": {"path": "tiny", "device": "cpu"}, "training": {"deepspeed": str(ds)}},
+                      check_files=False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"DeepSpeed is not installed; `pip install 'glmtune\[deepspeed\]'`"):
+        training_arguments(cfg, resolve_precision(cfg), str(tmp_path / "out"), False)

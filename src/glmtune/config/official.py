@@ -240,9 +240,11 @@ def check_extra_args(extra: dict) -> None:
     known = extra_args_fields()
     for key in ("fsdp", "fsdp_config"):
         if extra.get(key):
-            # Methods save and evaluate from in-memory parameters, which FSDP shards: refused, not half-supported.
-            raise ConfigError(f"training.extra_args.{key}: FSDP is not supported yet; use torchrun (DDP) or "
-                              "DeepSpeed ZeRO-2 (training.deepspeed)", key=f"training.extra_args.{key}")
+            # accelerate's FSDP plugin ignores CPU process groups and saves through HF's own _save: glmtune shards
+            # with fully_shard itself (train/distributed.py), switched on by its own option.
+            raise ConfigError(f"training.extra_args.{key}: transformers' FSDP is not supported through extra_args; set "
+                              "training.fsdp.enabled=true (FSDP2, see examples/fsdp-lora.yaml)",
+                              key=f"training.extra_args.{key}")
     for key in extra:
         if key in TRAINING_ARGS_MAP:
             raise ConfigError(f"training.extra_args.{key} is a glmtune option: set {TRAINING_ARGS_MAP[key]} instead",

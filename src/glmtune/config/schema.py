@@ -404,11 +404,12 @@ def check_deepspeed(path: str | None) -> None:
         # Refused, not half-supported: the model is built whole on every rank (no zero.Init), and the
         # methods save, resume and evaluate from in-memory parameters that ZeRO-3 would leave as empty
         # partitions (an adapter of empty tensors); P-Tuning's prefix would not even be gathered.
+        # FSDP2 (training.fsdp) shards the same three things and is built for glmtune's methods.
         raise ConfigError(
-            f"training.deepspeed {path}: DeepSpeed ZeRO-3 (zero_optimization.stage 3) is "
-            "not supported: glmtune loads the whole model on every GPU and saves from unpartitioned weights. "
-            "Use a stage 2 config (ds_zero_2.json: optimizer state and gradients sharded)", key="training.deepspeed"
-        )
+            f"training.deepspeed {path}: DeepSpeed ZeRO-3 (zero_optimization.stage 3) is not supported; for "
+            "weights, gradients and optimizer state sharded across GPUs use FSDP2 instead: remove "
+            "training.deepspeed and set training.fsdp.enabled=true (see examples/fsdp-full.yaml), or use a "
+            "stage 2 config (ds_zero_2.json: optimizer state and gradients sharded)", key="training.deepspeed")
 
 
 def deepspeed_stage(path: str) -> int:

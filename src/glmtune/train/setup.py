@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,10 @@ def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, 
     """
     t, e = cfg.training, cfg.evaluation
     check_deepspeed(t.deepspeed)  # also when the config did not come from a checked file
+    if t.deepspeed and importlib.util.find_spec("deepspeed") is None:  # transformers' own error names no fix
+        raise ConfigError(f"training.deepspeed {t.deepspeed}: DeepSpeed is not installed; `pip install "
+                          "'glmtune[deepspeed]'` (without CUDA: DS_BUILD_OPS=0), or remove training.deepspeed (torchrun "
+                          "then trains with DDP, or FSDP2 with training.fsdp.enabled=true)", key="training.deepspeed")
     strategy = e.strategy if has_eval else "no"
     warmup = t.warmup_steps if t.warmup_steps else t.warmup_ratio  # transformers 5: a float < 1 is a ratio
     kwargs = dict(
