@@ -116,3 +116,49 @@ def test_family_trains_exports_reloads_and_chats(family, other, request, tmp_pat
                            "--max-new-tokens", "4", "--prompt", "你好"], capture_output=True, text=True, timeout=120)
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.strip() or chat.stderr == ""
+
+
+GLM4_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def test_glm4_tool_call_through_a_pipe(tmp_path):
+    """A tiny GLM-4 model taught one tool conversation calls the tool in `glmtune chat` and uses its result."""
+    from glmtune import load_model, save_model
+    from glmtune.data import encode_chat
+    from glmtune.data.messages import Conversation, Message, ToolCall
+    from glmtune.families import load_tokenizer
+    from glmtune.models import write_generation_config
+
+    tok = load_tokenizer(need_fixtures() / FIXTURES_GLM4)
+    conv = Conversation([Message("user", "weather in Paris?"),
+                         Message("assistant", tool_call=ToolCall("get_weather", {"city": "Paris"})),
+                         Message("observation", '{"temp": 21}'), Message("assistant", "21 degrees.")],
+                        tools=GLM4_TOOLS)
+    # combine=False learns every answer (GLM-4's default, combine=True, learns only the last one).
+    ids, labels = encode_chat(conv, tok, combine=False)
+    model = load_model("tiny", dtype="fp32", vocab_size=151552, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    batch, target = torch.tensor([ids]), torch.tensor([labels])
+    model.train()
+    for _ in range(200):
+        loss = model(input_ids=batch, labels=target).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if loss.item() < 0.003:
+            break
+    assert loss.item() < 0.01, loss.item()
+    folder = tmp_path / "bot"
+    save_model(model.eval(), folder, family="glm4")
+    tok.save_pretrained(folder)
+    write_generation_config(folder, tok)
+    (tmp_path / "tools.json").write_text(json.dumps(GLM4_TOOLS))
+    chat = subprocess.run([sys.executable, "-m", "glmtune", "chat", "--model", str(folder), "--tools",
+                           str(tmp_path / "tools.json"), "--temperature", "0", "--max-new-tokens", "24"],
+                          input='weather in Paris?\n{"temp": 21}\n', capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0, chat.stderr
+    lines = chat.stdout.splitlines()
+    assert lines[0] == 'tool_call: {"name": "get_weather", "parameters": {"city": "Paris"}}', chat.stdout
+    assert lines[1] == "assistant: 21 degrees.", chat.stdout
