@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import openai
@@ -39,9 +39,9 @@ def running(model, tok, **options):
         thread.join(timeout=10)
 
 
-def client_for(server, key: str = KEY) -> openai.OpenAI:
+def client_for(server, key: str | None = KEY) -> openai.OpenAI:
     host, port = server.server_address
-    return openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key=key, max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key=key or "none", max_retries=0, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -163,34 +163,54 @@ def _ask(client: openai.OpenAI, index: int) -> tuple[int, str, str, int]:
     return index, choice.message.content, choice.finish_reason, out.usage.completion_tokens
 
 
+# The clients run in their own process: 32 client threads in the server's interpreter would
+# compete with it for the GIL and measure that instead of the server.
+CLIENTS = """
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+import openai
+url, clients, per_client = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+load = json.loads(sys.stdin.read())
+client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
+def ask(i):
+    out = client.chat.completions.create(model="ziggy", **load[i])
+    c = out.choices[0]
+    return [i, c.message.content, c.finish_reason, out.usage.completion_tokens]
+def one(k):
+    return [ask((k * per_client + j) % len(load)) for j in range(per_client)]
+ask(0)  # connect and warm up before the clock starts
+start = time.perf_counter()
+with ThreadPoolExecutor(clients) as pool:
+    replies = [r for rs in pool.map(one, range(clients)) for r in rs]
+print(json.dumps({"seconds": time.perf_counter() - start, "replies": replies}))
+"""
+
+
 def _load(server, clients: int, per_client: int) -> tuple[float, list]:
-    client = client_for(server)
-
-    def one(i: int) -> list:
-        return [_ask(client, (i * per_client + j) % len(LOAD)) for j in range(per_client)]
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        replies = [r for rs in pool.map(one, range(clients)) for r in rs]
-    return time.perf_counter() - start, replies
+    host, port = server.server_address
+    done = subprocess.run([sys.executable, "-c", CLIENTS, f"http://{host}:{port}/v1", str(clients), str(per_client)],
+                          input=json.dumps(LOAD), capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(done.stdout)
+    return result["seconds"], [tuple(r) for r in result["replies"]]
 
 
 def test_load_replies_match_alone_and_batching_triples_throughput():
-    """Every reply under load equals the same request alone; 32 clients get >= 3x the one-at-a-time rate.
+    """32 clients x 4 requests: every reply equals the same request alone; >= 3x the one-at-a-time rate.
 
-    A random tiny model on the trained tokenizer (replies run to max_tokens). Along its greedy replies
-    (seed 3) the two likeliest logits differ by at least 2e-4, far above the float rounding of a padded
-    batch, so batching cannot flip a token; seeded sampling draws from each request's own generator.
+    Two servers on one model: max_batch=1 (one request decoded at a time, as the server before
+    batching) and max_batch=32. The model is a random tiny one on the trained tokenizer (replies
+    run to max_tokens). Along its greedy replies (seed 3) the two likeliest logits differ by at least
+    2e-4, far above the float rounding of a padded batch, so batching cannot flip a token; seeded
+    sampling draws from each request's own generator.
     """
     _, _, tok = trained_chatbot()
     model = load_model("tiny", dtype="fp32", vocab_size=tok.vocab_size, seed=3).eval()
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # timings comparable on a shared machine (both servers get the same)
+    torch.set_num_threads(1)  # steadier timings on a shared machine (both servers get the same)
     try:
-        with running(model, tok, max_batch=1) as one:  # the old server: one request decoded at a time
+        with running(model, tok, max_batch=1) as one, running(model, tok, max_batch=32) as many:
             alone = {i: _ask(client_for(one), i) for i in range(len(LOAD))}
             one_time, one_replies = _load(one, 32, 1)
-        with running(model, tok, max_batch=32) as many:
             many_time, replies = _load(many, 32, 4)
     finally:
         torch.set_num_threads(threads)
