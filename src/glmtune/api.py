@@ -13,6 +13,7 @@ import warnings
 import torch
 
 from .methods.ptuning_io import apply_prefix
+from .methods.ptuning_peft import apply_peft_prefix, is_peft_prefix
 from .methods.registry import load_trained
 from .models import CheckpointError, prefix_length
 from .models import load_model as load_base_model
@@ -34,7 +35,8 @@ def load_model(
     :func:`glmtune.models.load_model` (a ChatGLM3 or native GLM folder, or a named shape).
     ``adapter`` applies any fine-tuning result folder (LoRA, freeze, full or P-Tuning from glmtune,
     PEFT or official ChatGLM3 adapters; see :func:`glmtune.methods.load_trained`), ``prefix`` a
-    P-Tuning v2 prefix (also a whole official P-Tuning checkpoint folder, which may be ``path`` itself).
+    P-Tuning v2 prefix (also a whole official P-Tuning checkpoint folder, which may be ``path`` itself, or GLM-4's
+    official PEFT prefix-tuning folder).
     """
     if adapter is not None and prefix is not None:
         raise CheckpointError(f"give either adapter ({adapter}) or prefix ({prefix}), not both: a model is "
@@ -43,7 +45,8 @@ def load_model(
     if adapter is not None:
         return load_trained(model, adapter)
     if prefix is not None:
-        return apply_prefix(model, prefix)
+        # GLM-4's official P-Tuning v2 is PEFT prefix tuning: the same per-layer prefix in PEFT's files.
+        return apply_peft_prefix(model, prefix) if is_peft_prefix(prefix) else apply_prefix(model, prefix)
     if length := prefix_length(path):
         warnings.warn(f"glmtune: {path} holds a P-Tuning v2 prefix (pre_seq_len {length} in its config.json), "
                       f"which was not applied; to use it pass the same folder as the prefix too "

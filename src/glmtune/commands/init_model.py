@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if args.shape not in SHAPES:
         raise UserError(f"unknown shape {args.shape!r}; known shapes: {', '.join(SHAPES)}")
     tok = load_tokenizer(args.tokenizer)
-    shape_vocab = SHAPES[args.shape]["padded_vocab_size"]
+    shape = SHAPES[args.shape]
+    shape_vocab = shape.get("padded_vocab_size") or shape["vocab_size"]  # THUDM-style or Glm4Config shapes
     vocab = shape_vocab if tok.vocab_size <= shape_vocab else tok.vocab_size
     model = load_model(args.shape, dtype=resolve_dtype(args.dtype, "cpu", None), vocab_size=vocab, seed=args.seed)
     provenance = {"glmtune_version": __version__, "kind": "init-model", "shape": args.shape, "layout": args.layout}

@@ -96,8 +96,9 @@ def find_tokenizer(*candidates: str | os.PathLike | None, family: str | None = N
             return path
         if path.is_dir():
             for fam in ([get_family(family)] if family else _candidates(path)):
-                if (path / fam.tokenizer_file).is_file():
-                    return path / fam.tokenizer_file
+                for name in (fam.tokenizer_file, *fam.tokenizer_alternates):
+                    if (path / name).is_file():
+                        return path / name
     shown = ", ".join(str(c) for c in candidates if c is not None)
     files = " or ".join(dict.fromkeys(f.tokenizer_file for f in FAMILIES.values()))
     raise TokenizerError(f"no {files} in {shown} (expected a model folder holding its tokenizer, or the tokenizer "

@@ -50,6 +50,8 @@ class Family:
     """``(config.json dict, tokenizer_config.json dict, folder) -> True`` when the folder is this family's."""
     chat_template: Callable[[Any], str] | None = None
     """``tokenizer -> Jinja chat template`` written into exports (None: the export keeps the folder's own)."""
+    tokenizer_alternates: tuple[str, ...] = ()
+    """Other tokenizer files a folder of this family may hold instead (GLM-4's ``-hf`` folders: ``tokenizer.json``)."""
     rope: str = "base"
     """How a THUDM config's ``rope_ratio`` applies: ``base`` (theta = 10000 * ratio) or ``linear`` (positions / ratio)."""
     piecewise_truncation: bool = False

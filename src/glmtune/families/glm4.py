@@ -39,6 +39,7 @@ FAMILY = Family(
     title="GLM-4-9B (chat, base, chat-1m)",
     tokenizer_file=TOKENIZER_FILE,
     tokenizer_format="tiktoken",
+    tokenizer_alternates=("tokenizer.json",),
     load_tokenizer=load_glm4_tokenizer,
     encode_chat=glm4_format.encode_chat,
     encode_base=glm4_format.encode_base,

@@ -296,6 +296,9 @@ def save_model(model: GlmForCausalLM, out_dir: str | os.PathLike, *, layout: str
     mixes layouts; other files stay, and callers decide whether ``out_dir`` may be reused.
     """
     out_dir = Path(out_dir)
+    if layout == "chatglm3" and isinstance(model, Glm4ForCausalLM):
+        raise CheckpointError("GLM-4-0414 models (Glm4ForCausalLM) have no THUDM layout: THUDM ships them in "
+                              "transformers' own; use layout 'native'")
     target = resolve_dtype(dtype, "cpu", None) if dtype is not None else None
     state = model.state_dict()
     if model.config.tie_word_embeddings:
