@@ -62,6 +62,12 @@ def encode_base(context: str, target: str, tokenizer, max_source: int | None = N
     return _family(tokenizer).encode_base(context, target, tokenizer, max_source, max_target)
 
 
+def family_notes(conversation: Conversation, tokenizer) -> list[tuple[str, str, str]]:
+    """(problem, fix, kind) of what the family's official code reads differently in this record."""
+    notes = _family(tokenizer).notes
+    return notes(conversation) if notes is not None else []
+
+
 def family_cuts(tokenizer) -> bool:
     """Whether the family cuts prompt and answer separately (then ``encode_chat`` takes the budgets)."""
     return _family(tokenizer).piecewise_truncation

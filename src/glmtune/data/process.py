@@ -21,6 +21,7 @@ from .convert import convert_record, resolve_format
 from .dataset import EncodedDataset
 from .encode import encode_sample
 from .errors import DataError, Problem, RecordError
+from .family_format import family_notes
 from .messages import Conversation
 from .readers import RECORDS_EXPECTED, RawJSON, parse_raw, raw_json_lines, read_records
 from .registry import Source, select_records
@@ -145,7 +146,8 @@ def _process_chunk(records, fmt: str, file: str, columns: dict, cfg: DataConfig,
             problems.append(Problem(file, line, "the record is nested too deeply to encode", "", "flatten it",
                                     "invalid_json"))
             continue
-        warnings += conv.warnings
+        warnings += conv.warnings + [Problem(file, line, problem, "", fix, kind, warning=True)
+                                     for problem, fix, kind in family_notes(conv, tokenizer)]
         full.append(sample.full_length)
         report.truncated += sample.truncated
         if sample.dropped:

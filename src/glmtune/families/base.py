@@ -50,6 +50,9 @@ class Family:
     """``(config.json dict, tokenizer_config.json dict, folder) -> True`` when the folder is this family's."""
     chat_template: Callable[[Any], str] | None = None
     """``tokenizer -> Jinja chat template`` written into exports (None: the export keeps the folder's own)."""
+    notes: Callable[[Any], list[tuple[str, str, str]]] | None = None
+    """``conversation -> [(problem, fix, kind)]``: where the family's official code reads a record differently
+    from what it says (reported by ``data check`` as warnings; the sample still trains as officially)."""
     tokenizer_alternates: tuple[str, ...] = ()
     """Other tokenizer files a folder of this family may hold instead (GLM-4's ``-hf`` folders: ``tokenizer.json``)."""
     rope: str = "base"

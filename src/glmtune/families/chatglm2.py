@@ -62,6 +62,7 @@ FAMILY = Family(
     render_tool_call=fmt.render_tool_call,
     template_version=fmt.TEMPLATE_VERSION,
     detect=_detect,
+    shapes=("chatglm2-6b",),
     chat_template=_chat_template,
     rope="linear",
     piecewise_truncation=True,

@@ -30,6 +30,15 @@ def _detect(config: dict, tok_config: dict, folder: Path) -> bool:
         "glm-4" in names and "0414" not in names and "z1" not in names)
 
 
+def _notes(conversation) -> list[tuple[str, str, str]]:
+    """GLM-4's finetune.py has no per-message ``loss``: an assistant turn marked ``"loss": false`` is learned."""
+    if any(m.role == "assistant" and m.loss is False for m in conversation.messages):
+        return [("[glm4] \"loss\": false on an assistant message is ignored, as by GLM-4's official finetune.py: "
+                 "that answer is learned", "remove the key, or drop the turn if it must not be learned",
+                 "loss_key_ignored")]
+    return []
+
+
 def _chat_template(tokenizer: GLM4Tokenizer) -> str:
     return tokenizer.chat_template
 
@@ -48,10 +57,11 @@ FAMILY = Family(
     render_tool_call=glm4_format.render_tool_call,
     template_version=glm4_format.TEMPLATE_VERSION,
     detect=_detect,
+    notes=_notes,
     chat_template=_chat_template,
     rope="base",
     combine_default=True,
-    shapes=("glm-4-9b",),
+    shapes=("glm-4-9b", "glm-4-9b-chat", "glm-4-9b-base", "glm-4-9b-chat-1m", "glm4-tiny"),
     description="THUDM layout (config.json model_type 'chatglm' with padded_vocab_size 151552, or "
                 "tokenizer_config.json tokenizer_class ChatGLM4Tokenizer) or a native 'glm' folder with "
                 "vocab_size 151552, with the tiktoken tokenizer.model.",

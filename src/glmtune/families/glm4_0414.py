@@ -35,6 +35,7 @@ FAMILY = Family(
     render_tool_call=fmt.render_tool_call,
     template_version=fmt.TEMPLATE_VERSION,
     detect=_detect,
+    shapes=("glm-4-9b-0414", "glm-4-32b-0414", "glm4-0414-tiny"),
     chat_template=None,  # exports keep the folder's own (its tokenizer files are written as they are)
     combine_default=True,
     description="transformers-native folder: config.json model_type 'glm4' (Glm4ForCausalLM), safetensors weights, "

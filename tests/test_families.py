@@ -1,0 +1,52 @@
+"""The family registry itself: one record per family, found by name, tokenizer or folder; notes; shapes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import need_fixtures
+from glmtune.families import FAMILIES, FamilyError, detect_family, family_of, get_family, load_tokenizer
+from glmtune.models.shapes import SHAPES
+
+
+def test_every_family_is_registered_with_its_shapes():
+    assert list(FAMILIES) == ["chatglm3", "chatglm2", "glm4", "glm4-0414"]
+    for family in FAMILIES.values():
+        assert family.shapes and all(name in SHAPES for name in family.shapes), family.name
+    with pytest.raises(FamilyError, match="unknown model family 'glm5'; known families: chatglm3, chatglm2"):
+        get_family("glm5")
+
+
+def test_a_folder_that_does_not_tell_asks_for_model_family(tmp_path, trained_tokenizer_dir):
+    (tmp_path / "tokenizer.model").write_bytes((trained_tokenizer_dir / "tokenizer.model").read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "chatglm", "padded_vocab_size": 65024}))
+    with pytest.raises(FamilyError, match=r"nothing in config.json / tokenizer_config.json tells .* set model.family"):
+        detect_family(tmp_path)
+    with pytest.raises(FamilyError, match="set model.family"):
+        load_tokenizer(tmp_path)
+    assert family_of(load_tokenizer(tmp_path, family="chatglm2")).name == "chatglm2"
+    assert detect_family(tmp_path, family="chatglm3").name == "chatglm3"
+
+
+def test_glm4_hf_folder_reads_its_tokenizer_json(tmp_path):
+    tok = load_tokenizer(need_fixtures() / "glm4-tiny")
+    tok.hf.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "glm", "vocab_size": 151552}))
+    hf_folder = load_tokenizer(tmp_path)
+    assert family_of(hf_folder).name == "glm4"
+    text = "你好，GLM-4! <|user|> 12345 emoji 🙂\n\t end"
+    assert hf_folder.encode(text) == tok.encode(text) and hf_folder.stop_ids == tok.stop_ids
+
+
+def test_glm4_data_check_reports_the_ignored_loss_key(tmp_path, capsys):
+    from glmtune.cli import main
+
+    data = tmp_path / "g4.jsonl"
+    data.write_text(json.dumps({"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "no", "loss": False},
+        {"role": "user", "content": "again"}, {"role": "assistant", "content": "yes"}]}) + "\n")
+    assert main(["data", "check", str(data), "--model", str(need_fixtures() / "glm4-tiny")]) == 0
+    err = capsys.readouterr().err
+    assert f'{data}:1: warning: [glm4] "loss": false on an assistant message is ignored' in err
