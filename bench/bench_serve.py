@@ -122,7 +122,8 @@ def load(port: int, clients: int, requests: int, new_tokens: int) -> dict:
 def start_server(kind: str, args) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, __file__, "--child", kind, "--folder", str(args.folder), "--new-tokens",
            str(args.new_tokens), "--threads", str(args.threads), "--old-rev", args.old_rev]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(args.threads)}  # the servers' own threads too, not only the main one
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     port = int(proc.stdout.readline())
     load(port, 2, 4, args.new_tokens)  # warm-up
