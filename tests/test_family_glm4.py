@@ -275,6 +275,7 @@ def test_tool_call_render_parse_round_trip(tok):
     assert parse_reply("\n今天北京晴。<|user|>", tok) == ("今天北京晴。", None)
     assert parse_reply("Note:\n{not json", tok) == ("Note:\n{not json", None)
     assert parse_reply("list\n[1, 2]", tok)[1] is None
+    assert parse_reply('Result:\n{"a": 1}', tok) == ('Result:\n{"a": 1}', None)
 
 
 def test_tool_call_message_trains_as_glm4_native_call(tok):

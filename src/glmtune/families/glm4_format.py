@@ -21,6 +21,7 @@ message carrying them. Deliberate difference: special-token names inside message
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -35,6 +36,7 @@ SYSTEM_PROMPT = ("你是一个名为 ChatGLM 的人工智能助手。你是基�
 TOOLS_HEADER = "\n\n# 可用工具"
 FUNCTION_FOOTER = "\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
 _STOP_STRINGS = ("<|user|>", "<|observation|>", "<|endoftext|>")
+_TOOL_NAME = re.compile(r"[^\W\d][\w.\-]*")
 
 __all__ = ["build_prompt", "encode_base", "encode_chat", "parse_reply", "render_tool_call", "tools_block"]
 
@@ -182,7 +184,7 @@ def build_prompt(messages: Conversation | Iterable[Message | dict], tokenizer) -
 def parse_reply(text: str) -> tuple[str, ToolCall | None]:
     """Split a decoded reply into (content, tool call), as GLM-4's ``process_response``.
 
-    A reply whose first line is a name and whose next line starts a JSON object is a call
+    A reply whose first line is a tool name (one word) and whose next line starts a JSON object is a call
     (``ToolCall(name, arguments)``, content: the JSON text); anything else is plain text, stripped.
     """
     text = text.split("<|assistant|>")[-1]
@@ -190,8 +192,10 @@ def parse_reply(text: str) -> tuple[str, ToolCall | None]:
         text = text.split(stop)[0]
     text = text.strip()
     name, _, rest = text.partition("\n")
-    rest = rest.strip()
-    if not name.strip() or not rest.startswith("{"):
+    name, rest = name.strip(), rest.strip()
+    # The official parser also requires a requested tool's name; without the request's tools, a name is at
+    # least one word (so "Result:" followed by JSON stays an answer).
+    if not _TOOL_NAME.fullmatch(name) or not rest.startswith("{"):
         return text, None
     try:
         arguments = json.loads(rest)
@@ -199,4 +203,4 @@ def parse_reply(text: str) -> tuple[str, ToolCall | None]:
         return text, None
     if not isinstance(arguments, dict):
         return text, None
-    return rest, ToolCall(name.strip(), arguments)
+    return rest, ToolCall(name, arguments)
