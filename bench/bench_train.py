@@ -176,7 +176,7 @@ def peak_rss_alone(mode: str, args) -> float:
     """Peak RSS of ``mode`` trained alone in a fresh process (the same steps)."""
     cmd = [sys.executable, __file__, "--mode", mode, "--json", "--steps", str(args.steps),
            "--batch", str(args.batch), "--attention", args.attention]
-    cmd += [] if args.checkpointing else ["--no-checkpointing"]
+    cmd += ([] if args.checkpointing else ["--no-checkpointing"]) + (["--threads", str(args.threads)] if args.threads else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])[mode]["rss_mb"]
 
@@ -209,10 +209,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     p.add_argument("--attention", choices=("per-sample", "sdpa"), default="per-sample",
                    help="packed rows: per-sample attention (glmtune) or transformers' sdpa with a dense block mask")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default torch's); 1 on a shared machine, where spare cores are none")
     p.add_argument("--json", action="store_true", help="one mode: print its raw per-step figures as JSON")
     args = p.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.mode == "losses":
         compare_losses()
     elif args.mode == "all":

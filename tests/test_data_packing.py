@@ -220,3 +220,16 @@ def test_per_sample_attention_gradients_equal_padded(tiny_model):
 def test_segment_bounds():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
     assert segment_bounds(pos) == [[(0, 3), (3, 5), (5, 6)], [(0, 6)]]
+
+
+def test_per_sample_attention_follows_new_positions_in_the_same_tensor(tiny_model):
+    """Bounds are cached per position_ids tensor; an in-place change of that tensor is seen."""
+    enable_packed_attention(tiny_model)
+    samples = _samples()
+    batch = PackedCollator()(samples)
+    with torch.no_grad():
+        tiny_model(**batch)
+        batch["position_ids"].copy_(torch.arange(23)[None])  # now one sequence: no sample boundaries
+        flat = tiny_model(**batch).logits
+        reference = tiny_model(input_ids=batch["input_ids"], use_cache=False).logits
+    assert torch.allclose(flat, reference, atol=1e-5, rtol=0)

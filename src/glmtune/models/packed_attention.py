@@ -40,6 +40,20 @@ def segment_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
     return rows
 
 
+# (position_ids, its bounds) of the last forward: every layer of a forward gets the same tensor. Replaced whole
+# (one assignment), so threads (nn.DataParallel replicas) never read another's half-written entry.
+_LAST: dict[str, tuple] = {"bounds": (None, -1, None)}
+
+
+def _bounds(position_ids: torch.Tensor, batch: int) -> list[list[tuple[int, int]]]:
+    """``segment_bounds``, once per forward: on a GPU each computation is a device-to-host copy."""
+    cached = _LAST["bounds"]
+    if cached[0] is not position_ids or cached[1] != position_ids._version:  # _version: changed in place
+        cached = (position_ids, position_ids._version, segment_bounds(position_ids.expand(batch, -1)))
+        _LAST["bounds"] = cached
+    return cached[2]
+
+
 def _packed(query: torch.Tensor, key: torch.Tensor, attention_mask, position_ids) -> bool:
     return (attention_mask is None and position_ids is not None and query.shape[2] == key.shape[2] > 1
             and position_ids.shape[-1] == query.shape[2])
@@ -51,20 +65,21 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     if not _packed(query, key, attention_mask, position_ids):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       position_ids=position_ids, **kwargs)
-    position_ids = position_ids.expand(query.shape[0], -1)
-    bounds = segment_bounds(position_ids)
+    batch, heads, length, _ = query.shape
+    bounds = _bounds(position_ids, batch)
     if all(len(b) == 1 for b in bounds):
         return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs)
+    lengths = [end - start for row in bounds for start, end in row]
+    # Tokens of all rows in one sequence, split into samples: one split (and one cat in backward) rather than
+    # a slice per sample, whose backward would fill a whole-batch zero gradient for each.
+    q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], t.shape[-1]).split(lengths)
+               for t in (query, key, value))
     gqa = getattr(module, "num_key_value_groups", 1) > 1
-    rows = []
-    for b, spans in enumerate(bounds):
-        parts = [F.scaled_dot_product_attention(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e],
-                                                dropout_p=dropout, scale=scaling, is_causal=e - s > 1,
-                                                enable_gqa=gqa)
-                 for s, e in spans]
-        rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
-    out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
-    return out.transpose(1, 2).contiguous(), None
+    outs = [F.scaled_dot_product_attention(qs.transpose(0, 1)[None], ks.transpose(0, 1)[None], vs.transpose(0, 1)[None],
+                                           dropout_p=dropout, scale=scaling, is_causal=True,
+                                           enable_gqa=gqa)[0].transpose(0, 1)
+            for qs, ks, vs in zip(q, k, v)]
+    return torch.cat(outs).view(batch, length, heads, value.shape[-1]), None
 
 
 def packed_aware_mask(*args, attention_mask=None, q_length=None, kv_length=None, **kwargs):
