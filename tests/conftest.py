@@ -232,7 +232,9 @@ def dist_workspace(tmp_path_factory) -> dict:
             for i in range(16)]
     train_tokenizer([m["content"] for r in rows for m in r["conversations"]] * 4, root / "tok", vocab_size=300)
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    save_model(load_model("tiny", vocab_size=load_tokenizer(root / "tok").vocab_size, seed=3), root / "base")
+    # THUDM's layout: the first rank converts it on load while the others build the model on the meta device.
+    save_model(load_model("tiny", vocab_size=load_tokenizer(root / "tok").vocab_size, seed=3), root / "base",
+               layout="chatglm3")
     config = {
         "model": {"path": str(root / "base"), "tokenizer": str(root / "tok"), "device": "cpu"},
         "data": {"train_file": "train.jsonl", "data_dir": str(root), "max_input_length": 16,
