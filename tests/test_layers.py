@@ -24,7 +24,7 @@ PACKAGE = SRC / "glmtune"
 LAYERS: list[set[str]] = [
     {"cli", "__main__", "commands"},  # the command line
     {"webui", "quickstart"},  # apps over the library (train, infer, export), never the command line
-    {"train", "infer", "export", "export_folder"},
+    {"train", "infer", "export", "export_folder", "serving"},
     {"api", "glmtune"},  # the facade: load_model(path, adapter=, prefix=), load_tokenizer
     {"methods", "config"},
     {"families", "models", "tokenizer", "tokenizers", "hf_tokenizer", "data"},
