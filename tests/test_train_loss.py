@@ -80,3 +80,21 @@ def test_fp16_uses_the_autograd_path_so_loss_scaling_protects_small_gradients():
     assert len(calls) == 1  # only the fp32 call was fused
     (out * 1024).backward()  # a scaled loss, as GradScaler does: gradients are formed after scaling
     assert hidden.grad.dtype == torch.float16 and torch.isfinite(hidden.grad).all()
+
+
+def test_cross_entropy_gradient_in_place_matches_autograd_and_stays_finite():
+    """The fused loss turns its one logits buffer into the gradient in place (no second chunk-sized buffer)."""
+    from glmtune.train.loss import _cross_entropy_grad_
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g) * 30
+    logits[0, 3] = 1e4  # large logits: the max is taken out before exp
+    targets = torch.tensor([3, 0, 49, 7, 7, 20])
+    reference = logits.clone().requires_grad_(True)
+    expected = torch.nn.functional.cross_entropy(reference, targets, reduction="sum")
+    expected.backward()
+    buffer = logits.clone()
+    ptr = buffer.data_ptr()
+    loss = _cross_entropy_grad_(buffer, targets)
+    assert buffer.data_ptr() == ptr and torch.isfinite(buffer).all()
+    assert torch.allclose(loss, expected, rtol=1e-5) and torch.allclose(buffer, reference.grad, atol=1e-6)

@@ -65,12 +65,29 @@ def answer_only_loss(model, lm_head: torch.nn.Module, inputs: dict, num_items_in
     return loss / num_items_in_batch
 
 
+def _cross_entropy_grad_(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross entropy of ``logits`` (float32) against ``targets``; ``logits`` becomes its gradient, in place.
+
+    d(sum CE)/d logits = softmax - onehot. Everything happens in the one chunk-sized buffer: a
+    log_softmax would allocate a second one (for the 78.7M bench model's 1024 x 65k chunks, 266 MB of
+    peak memory, and on CPU the page faults of a fresh buffer for every chunk).
+    """
+    rows = torch.arange(targets.shape[0], device=targets.device)
+    picked = logits[rows, targets]
+    top = logits.amax(dim=-1)
+    logits.sub_(top.unsqueeze(1)).exp_()
+    norm = logits.sum(dim=-1)
+    logits.div_(norm.unsqueeze(1))
+    logits[rows, targets] -= 1
+    return (norm.log() + top - picked).sum()
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """Sum of cross entropies of ``hidden @ weight.T`` against ``targets``, a chunk of rows at a time.
 
     Gradients are computed during the forward pass, chunk by chunk, so the
     (tokens x vocabulary) logits never exist whole: memory is one chunk of
-    logits plus a gradient the size of ``hidden``, and no extra matmul is
+    logits (one buffer) plus a gradient the size of ``hidden``, and no extra matmul is
     spent (the same approach as Liger-Kernel's fused linear cross entropy).
     """
 
@@ -82,12 +99,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
             t = targets[start:start + chunk_size]
-            logits = (h @ weight.t()).float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            del logits  # at most two chunk-sized buffers at once
-            total += -logprobs.gather(1, t.unsqueeze(1)).sum()
-            grad_logits = logprobs.exp_()  # softmax, in place: d(sum CE)/d logits = softmax - onehot
-            grad_logits[torch.arange(t.shape[0], device=t.device), t] -= 1
+            grad_logits = (h @ weight.t()).float()
+            total += _cross_entropy_grad_(grad_logits, t)
             grad_logits = grad_logits.to(h.dtype)
             grad_hidden[start:start + chunk_size] = grad_logits @ weight
             if grad_weight is not None:
