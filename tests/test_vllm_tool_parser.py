@@ -243,3 +243,24 @@ def test_plain_text_streams_before_the_reply_ends(vllm_plugin):
     assert first is None  # one word: may still be a tool name
     second = parser.extract_tool_calls_streaming("\nThe", "\nThe weather", " weather", [], [], [7], WEATHER)
     assert second.content == "The weather" and not second.tool_calls
+
+
+# -- the chat template an engine gets --------------------------------------------------------------------
+THUDM_STYLE = ("[gMASK]<sop>{% for item in messages %}{% if item['tools'] is defined %}<|system|>tools"
+               "{% endif %}<|{{ item['role'] }}|>\n{{ item['content'] }}{% endfor %}"
+               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_a_template_that_ignores_request_tools_is_found():
+    """THUDM's GLM-4 template reads tools only from a message's "tools" key: engines pass tools=, which it
+    drops, so the served model never sees them; glmtune's GLM-4 template renders them."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    tok.chat_template = THUDM_STYLE
+    assert not plugin.template_renders_tools(tok)
+    tok.chat_template = plugin.GLM4_TEMPLATE
+    assert plugin.template_renders_tools(tok)
+    tok.chat_template = "{{ raise_exception('no tools here') }}"
+    assert not plugin.template_renders_tools(tok)
