@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from glmtune.cli import main
-from glmtune.config import ConfigError
+from glmtune.config import ConfigError, load_config
 from glmtune.train.plan import GIB, Setup, estimate, fits, model_shape, parse_memory, setup_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,8 +140,6 @@ def test_largest_batch_and_length_fit_and_one_more_does_not():
     memory = parse_memory("12GiB")
     batch, length = fits(shape, setup, memory, True)
     assert batch >= 4 and length >= 769
-    from dataclasses import replace
-
     assert estimate(shape, replace(setup, batch=batch), True).total <= memory
     assert estimate(shape, replace(setup, batch=batch + 1), True).total > memory
     assert estimate(shape, replace(setup, length=length), True).total <= memory
@@ -165,8 +164,7 @@ def test_plan_command_prints_parts_and_fits(tmp_path, capsys):
     for part in ("weights (4-bit linear + bf16)", "gradients", "optimizer state (adamw_torch)", "activations",
                  "expected peak", "fits 12 GiB with checkpointing: batch up to"):
         assert part in out
-    setup = setup_from_config(__import__("glmtune.config", fromlist=["load_config"]).load_config(
-        str(config), ["model.quantization.bits=4"], check_files=False))
+    setup = setup_from_config(load_config(str(config), ["model.quantization.bits=4"], check_files=False))
     assert (setup.bits, setup.length, setup.answer_length, setup.compute) == (4, 769, 512, "bf16")
 
 

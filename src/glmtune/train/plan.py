@@ -263,12 +263,12 @@ def estimate(shape: Shape, s: Setup, checkpointing: bool | None = None) -> Estim
     )
 
 
-def largest(fits, start: int, limit: int, step: int = 1) -> int:
-    """The largest value in [step, limit] (a multiple of ``step``) for which ``fits`` holds; 0 if none."""
+def largest(ok, limit: int, step: int = 1) -> int:
+    """The largest multiple of ``step`` in [step, limit] for which ``ok`` holds (``ok`` monotone); 0 if none."""
     lo, hi = 0, limit // step
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if fits(mid * step):
+        if ok(mid * step):
             lo = mid
         else:
             hi = mid - 1
@@ -288,8 +288,8 @@ def fits(shape: Shape, s: Setup, memory: float, checkpointing: bool) -> tuple[in
     def total(**change) -> float:
         return estimate(shape, replace(s, **change), checkpointing).total
 
-    batch = largest(lambda b: total(batch=b) <= memory, 1, 4096)
-    length = largest(lambda n: total(length=n, answer_length=min(s.answer_length, n)) <= memory, 64, 131072, 64)
+    batch = largest(lambda b: total(batch=b) <= memory, 4096)
+    length = largest(lambda n: total(length=n, answer_length=min(s.answer_length, n)) <= memory, 131072, 64)
     return batch, length
 
 
