@@ -47,7 +47,7 @@ args=()
 # GLM-4-9B exports keep THUDM's template, which ignores the request's tools= and tool messages: serve with
 # glmtune's equivalent template instead (in a temporary file: the export stays as glmtune wrote it).
 template="$("$PYTHON" -c 'import sys
-from glmtune.serving.vllm_tool_parser import engine_chat_template
+from glmtune.serving.templates import engine_chat_template
 print(engine_chat_template(sys.argv[1]), end="")' "$export_dir")"
 if [ -n "$template" ]; then
   template_file="$(mktemp --suffix=.jinja)"

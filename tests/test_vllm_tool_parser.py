@@ -258,9 +258,22 @@ def test_a_template_that_ignores_request_tools_is_found():
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    from glmtune.serving.templates import GLM4_TEMPLATE, template_renders_tools
+
     tok.chat_template = THUDM_STYLE
-    assert not plugin.template_renders_tools(tok)
-    tok.chat_template = plugin.GLM4_TEMPLATE
-    assert plugin.template_renders_tools(tok)
+    assert not template_renders_tools(tok)
+    tok.chat_template = GLM4_TEMPLATE
+    assert template_renders_tools(tok)
     tok.chat_template = "{{ raise_exception('no tools here') }}"
-    assert not plugin.template_renders_tools(tok)
+    assert not template_renders_tools(tok)
+
+
+def test_exports_get_a_template_that_shows_the_tools(fixtures, tmp_path):
+    """A GLM-4-9B export (THUDM's template kept) is served with glmtune's; a ChatGLM3 export keeps its own."""
+    from glmtune.export import export_model
+    from glmtune.serving.templates import GLM4_TEMPLATE, engine_chat_template
+
+    for name in ("glm4-tiny", "chatglm3-tiny"):
+        export_model(fixtures / name, tmp_path / name)
+    assert engine_chat_template(str(tmp_path / "glm4-tiny")) == GLM4_TEMPLATE
+    assert engine_chat_template(str(tmp_path / "chatglm3-tiny")) == ""

@@ -32,9 +32,8 @@ import uuid
 from typing import Any, Callable
 
 from glmtune.data import chat_format
-from glmtune.families import detect_family, glm4_format
+from glmtune.families import glm4_format
 from glmtune.families.base import FamilyError
-from glmtune.families.glm4_template import CHAT_TEMPLATE as GLM4_TEMPLATE
 
 ParsedReply = tuple[str, list[dict[str, str]]]
 """(content, [{"name": ..., "arguments": JSON text}]): content is "" when the reply is a call."""
@@ -72,36 +71,6 @@ def parser_name(family: str) -> str:
         raise FamilyError(f"family {family!r} has no tool-call parser ({', '.join(FAMILY_PARSERS)} have; ChatGLM2's "
                           "format has no tools): serve it without --enable-auto-tool-choice/--tool-call-parser")
     return FAMILY_PARSERS[family]
-
-
-PROBE_TOOL = "glmtune_probe_tool"
-
-
-def template_renders_tools(tokenizer: Any) -> bool:
-    """Whether ``tokenizer``'s chat template shows the model OpenAI-style ``tools=`` (engines pass them so)."""
-    probe = [{"type": "function", "function": {"name": PROBE_TOOL, "description": "", "parameters": {}}}]
-    try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=probe,
-                                             add_generation_prompt=True, tokenize=False)
-    except Exception:  # a template that raises on tools (jinja2's errors have no common base) cannot serve them
-        return False
-    return PROBE_TOOL in text
-
-
-def engine_chat_template(folder: str) -> str:
-    """The chat template a serving engine should use for an export: "" where its own renders ``tools=``.
-
-    GLM-4-9B folders keep THUDM's template, which reads tools only from a message's ``tools`` key and
-    knows no ``tool_calls``/``tool`` messages; glmtune's GLM-4 template renders the same prompts and the
-    OpenAI shapes too (see :mod:`glmtune.families.glm4_template`).
-    """
-    # deferred: transformers is heavy and only the scripts ask this
-    from transformers import AutoTokenizer
-
-    family = detect_family(folder).name
-    if family != "glm4" or template_renders_tools(AutoTokenizer.from_pretrained(folder)):
-        return ""
-    return GLM4_TEMPLATE
 
 
 # -- streaming: where a growing reply stands ----------------------------------------------------------
@@ -267,8 +236,8 @@ if VLLM is not None:
         parse: Callable[[str], ParsedReply] = staticmethod(parse_glm4)
         head: Callable[[str], Head] = staticmethod(glm4_head)
 
-        def __init__(self, tokenizer):
-            super().__init__(tokenizer)
+        def __init__(self, tokenizer, *args, **kwargs):  # newer vLLM may pass more (the request's tools)
+            super().__init__(tokenizer, *args, **kwargs)
             self.stop_ids = stop_token_ids(tokenizer)
             self.stream: CallStream | None = None
 
