@@ -1,9 +1,10 @@
 """Continuous batching: one worker thread decodes every request in flight together, on one model.
 
 Requests (:class:`Job`: prompt ids + sampling options) queue up; the worker
-takes what is waiting (after ``wait_s`` when it was idle, so a burst arrives as
-one batch), runs their prompts as one left-padded forward, and from then on
-advances every row by one token per forward. Rows join a running batch between
+takes what is waiting (after ``wait_s`` more when it was idle, to gather a burst;
+0 by default: a lone request starts at once, later ones join at the next step),
+runs their prompts as one left-padded forward, and from then on advances every
+row by one token per forward. Rows join a running batch between
 steps (their KV cache rows are left-padded and appended, :mod:`.kv_rows`) and
 leave it when they produce a stop id, reach ``max_new_tokens`` or are
 cancelled (client gone, stop string found), so a long reply never holds up a
@@ -91,7 +92,7 @@ def _finish(job: Job, item=DONE) -> None:
 class Batcher:
     """The generation worker. ``submit`` from any thread; ``close`` stops it."""
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256, wait_s: float = 0.005):
+    def __init__(self, model, tokenizer, *, max_batch: int = 32, max_queue: int = 256, wait_s: float = 0.0):
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model, self.tokenizer = model, tokenizer

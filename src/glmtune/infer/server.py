@@ -312,8 +312,9 @@ def make_server(model, tokenizer, *, host: str = "127.0.0.1", port: int = 8000, 
 
     ``max_batch=1`` decodes one request at a time (the old behaviour, for comparison).
     """
-    batcher = Batcher(model, tokenizer, max_batch=max_batch, max_queue=max_queue,
-                      wait_s=0.005 if max_batch > 1 else 0.0)
+    # No gathering wait: on a busy machine a timed sleep oversleeps, and continuous batching lets
+    # requests that arrive a moment later join at the next step anyway.
+    batcher = Batcher(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
     executor = ThreadPoolExecutor(max_workers=max_batch + max_queue + 4, thread_name_prefix="glmtune-reply")
     state = ServerState(model, tokenizer, name, defaults or SamplingConfig(), batcher, executor, api_key)
     return Server(make_app(state, cors_origins), state, host, port, access_log=access_log)
