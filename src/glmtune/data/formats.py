@@ -162,20 +162,25 @@ def _chatglm3_message(msg: dict, role: str, ctx: _Ctx, where: str) -> Message:
     return Message(role, content, loss=loss, tools=tools, metadata=metadata)
 
 
+def _history(rec: dict, ctx: _Ctx) -> list[Message]:
+    """A ``history`` of [query, answer] pairs (alpaca, ChatGLM2's prompt/response/history) as messages."""
+    messages = []
+    for i, pair in enumerate(_field(rec, "history", ctx, list, required=False, default=[])):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise ctx.error(f"history[{i}] is {json.dumps(pair, ensure_ascii=False)[:60]}",
+                            "a [query, answer] pair of strings", "write history as [[query, answer], ...]",
+                            "wrong_type")
+        messages += [Message("user", pair[0]), Message("assistant", pair[1])]
+    return messages
+
+
 # -- alpaca ---------------------------------------------------------------------
 def from_alpaca(rec: dict, ctx: _Ctx) -> Conversation:
     instruction = _field(rec, "instruction", ctx)
     extra = _field(rec, "input", ctx, required=False, default="")
     output = _field(rec, "output", ctx)
     system = _field(rec, "system", ctx, required=False, default="")
-    history = _field(rec, "history", ctx, list, required=False, default=[])
-    messages = [Message("system", system)] if system else []
-    for i, pair in enumerate(history):
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise ctx.error(f"history[{i}] is {json.dumps(pair, ensure_ascii=False)[:60]}",
-                            "a [query, answer] pair of strings", "write history as [[query, answer], ...]",
-                            "wrong_type")
-        messages += [Message("user", pair[0]), Message("assistant", pair[1])]
+    messages = ([Message("system", system)] if system else []) + _history(rec, ctx)
     query = f"{instruction}\n{extra}" if extra else instruction
     messages += [Message("user", query), Message("assistant", output)]
     return Conversation(messages)
@@ -183,13 +188,24 @@ def from_alpaca(rec: dict, ctx: _Ctx) -> Conversation:
 
 # -- base -----------------------------------------------------------------------
 def from_base(rec: dict, ctx: _Ctx) -> Conversation:
+    """context/target, or prompt/response with an optional ``history`` (ChatGLM2's P-Tuning data).
+
+    A non-empty history makes the record a chat (its pairs, then prompt and response); a generation
+    prompt (``ctx.prompt``) needs no response, as ChatGLM2's ``{"prompt", "history"}`` inputs have none.
+    """
     keys = ("context", "target") if "context" in rec or "target" in rec else ("prompt", "response")
-    context, target = _field(rec, keys[0], ctx), _field(rec, keys[1], ctx)
-    return Conversation([Message("user", context), Message("assistant", target)], kind="base")
+    context = _field(rec, keys[0], ctx)
+    target = _field(rec, keys[1], ctx, required=not ctx.prompt)
+    answer = [] if target is None else [Message("assistant", target)]
+    history = _history(rec, ctx) if keys[0] == "prompt" else []
+    if history:
+        return Conversation(history + [Message("user", context)] + answer)
+    return Conversation([Message("user", context)] + answer, kind="base")
 
 
 # -- openai ---------------------------------------------------------------------
-_OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+# "observation" and a system message's "tools"/"metadata": GLM-4's official fine-tune data, OpenAI-shaped.
+_OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool", "function", "observation")
 
 
 def _openai_content(msg: dict, ctx: _Ctx, where: str, required: bool) -> str:
@@ -253,9 +269,12 @@ def from_openai(rec: dict, ctx: _Ctx) -> Conversation:
         pending = []
         loss = _loss(msg, ctx, where)
         calls = _openai_calls(msg, ctx, where) if role == "assistant" else []
-        content = _openai_content(msg, ctx, where, not calls)
-        if content or not calls:
-            messages.append(Message("system" if role == "developer" else role, content, loss=loss))
+        tools = _tools(msg, ctx, where) if role in ("system", "developer") else None
+        content = _openai_content(msg, ctx, where, not calls and tools is None)
+        if content or tools is not None or not calls:
+            messages.append(Message("system" if role == "developer" else role, content, loss=loss,
+                                    tools=_openai_tools(tools) if tools is not None else None,
+                                    metadata=_field(msg, "metadata", ctx, str, where, False, "")))
         pending = [(cid, call, loss) for cid, call in calls]
     messages += [Message("assistant", loss=p[2], tool_call=p[1]) for p in pending]
     tools = _tools(rec, ctx)

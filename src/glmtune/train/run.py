@@ -35,7 +35,8 @@ from .trainer import WRITE_ERRORS, GlmTrainer, TrainingError, save_failure, writ
 from ..data import prepare_splits, make_collator, training_dataset
 from ..methods import prepare, format_parameter_counts, trainable_parameter_counts
 from ..models import SHAPES, write_generation_config
-from ..tokenizer import load_tokenizer
+from ..models.packed_attention import enable_packed_attention
+from ..families import load_tokenizer
 
 
 @dataclass
@@ -71,7 +72,7 @@ def load_inputs(cfg: TrainConfig, quiet: bool):
     if not Path(tokenizer_path).exists():
         raise ConfigError(f"model.path {cfg.model.path!r} is a named shape (random weights) and has no tokenizer; "
                           "set model.tokenizer to a folder holding tokenizer.model")
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path, family=cfg.model.family or None)
     splits = prepare_splits(cfg.data, tokenizer, base_dir=cfg.data.data_dir)
     if splits.train is None or len(splits.train) == 0:
         raise ConfigError("the training split is empty after preprocessing; see the data report "
@@ -96,6 +97,8 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
     model.config.use_cache = False  # no KV cache in training: it only costs memory
     prepared = prepare(model, cfg.method.name, cfg.method.options)
     cast_trainable_to_fp32(prepared.model)
+    if cfg.data.packs:  # packed rows: causal attention per sample, no dense (L x L) mask
+        enable_packed_attention(prepared.model)
     if cfg.training.gradient_checkpointing:
         # Non-reentrant: exact for every method (P-Tuning included) with no input-grad hook needed.
         kwargs = {"use_reentrant": False}
