@@ -50,3 +50,22 @@ def test_glm4_data_check_reports_the_ignored_loss_key(tmp_path, capsys):
     assert main(["data", "check", str(data), "--model", str(need_fixtures() / "glm4-tiny")]) == 0
     err = capsys.readouterr().err
     assert f'{data}:1: warning: [glm4] "loss": false on an assistant message is ignored' in err
+
+
+def test_forced_family_decides_how_rope_ratio_applies(tmp_path, chatglm3_dir):
+    """ChatGLM2-6B-32k divides positions by rope_ratio; a renamed folder forced to chatglm2 loads that way."""
+    import shutil
+
+    from glmtune import load_model
+
+    folder = tmp_path / "renamed-32k"
+    shutil.copytree(chatglm3_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg = {k: v for k, v in cfg.items() if k not in ("_name_or_path", "glmtune_family")}
+    (folder / "config.json").write_text(json.dumps({**cfg, "rope_ratio": 16}))
+    (folder / "tokenizer_config.json").unlink(missing_ok=True)
+    forced = load_model(folder, family="chatglm2").config
+    assert forced.rope_parameters["rope_type"] == "linear" and forced.rope_parameters["factor"] == 16.0
+    assert forced.rope_parameters["rope_theta"] == 10000.0
+    base = load_model(folder, family="chatglm3").config
+    assert base.rope_parameters["rope_type"] == "default" and base.rope_parameters["rope_theta"] == 160000.0

@@ -28,6 +28,7 @@ def load_model(
     prefix: str | os.PathLike | None = None,
     vocab_size: int | None = None,
     seed: int = 0,
+    family: str | None = None,
 ):
     """Load a GLM-family model natively, as transformers' ``GlmForCausalLM`` in eval mode, tuned if asked.
 
@@ -36,12 +37,12 @@ def load_model(
     ``adapter`` applies any fine-tuning result folder (LoRA, freeze, full or P-Tuning from glmtune,
     PEFT or official ChatGLM3 adapters; see :func:`glmtune.methods.load_trained`), ``prefix`` a
     P-Tuning v2 prefix (also a whole official P-Tuning checkpoint folder, which may be ``path`` itself, or GLM-4's
-    official PEFT prefix-tuning folder).
+    official PEFT prefix-tuning folder). ``family`` forces the model family where the folder does not tell it.
     """
     if adapter is not None and prefix is not None:
         raise CheckpointError(f"give either adapter ({adapter}) or prefix ({prefix}), not both: a model is "
                               "fine-tuned by one method at a time")
-    model = load_base_model(path, dtype=dtype, device=device, vocab_size=vocab_size, seed=seed)
+    model = load_base_model(path, dtype=dtype, device=device, vocab_size=vocab_size, seed=seed, family=family)
     if adapter is not None:
         return load_trained(model, adapter)
     if prefix is not None:

@@ -25,7 +25,8 @@ def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None,
         raise UserError("--adapter and --prefix exclude each other: a model is tuned with LoRA or with P-Tuning")
     model_path, adapter, prefix = resolve_model_args(model_path, adapter, prefix)
     tok = load_tokenizer(find_tokenizer(tokenizer, model_path, adapter, prefix, family=family), family=family)
-    model = load_model(model_path, dtype=dtype, device=resolve_device(device), adapter=adapter, prefix=prefix)
+    model = load_model(model_path, dtype=dtype, device=resolve_device(device), adapter=adapter, prefix=prefix,
+                       family=family)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is not None and tok.vocab_size > vocab:
         raise UserError(f"tokenizer has {tok.vocab_size} ids but the model only {vocab}: "

@@ -63,15 +63,18 @@ def resolve_dtype(dtype, device: str | torch.device, stored: torch.dtype | None)
         raise CheckpointError(f"unknown dtype {dtype!r}; use one of: auto, {', '.join(_DTYPES)}") from None
 
 
-def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
-    """(layout, GlmConfig) of a model folder; layout is ``"chatglm3"`` or ``"native"``."""
+def read_model_config(folder: Path, family: str | None = None) -> tuple[str, GlmConfig]:
+    """(layout, GlmConfig) of a model folder; layout is ``"chatglm3"`` or ``"native"``.
+
+    ``family`` (``model.family``) forces how a THUDM config's ``rope_ratio`` applies when the folder does not tell.
+    """
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{folder}: no config.json (expected a ChatGLM3 or GLM model folder)")
     cfg = read_json(config_file)
     model_type = cfg.get("model_type")
     if model_type == "chatglm":
-        linear = _family_rope(folder) == "linear"
+        linear = _family_rope(folder, family) == "linear"
         return "chatglm3", chatglm_to_glm_config(cfg, source=str(config_file), linear_rope=linear)
     if model_type in ("glm", "glm4"):  # glm4: GLM-4-0414 / GLM-Z1, transformers' Glm4ForCausalLM
         check_config_values(cfg, GLM_VALUE_KINDS, str(config_file))
@@ -90,11 +93,11 @@ def read_model_config(folder: Path) -> tuple[str, GlmConfig]:
     )
 
 
-def _family_rope(folder: Path) -> str:
+def _family_rope(folder: Path, family: str | None = None) -> str:
     """How the folder's family applies ``rope_ratio``: ChatGLM2-6B-32k divides positions ("linear"), ChatGLM3-32k and
     GLM-4 scale the base ("base", also when the family cannot be told: what glmtune always did)."""
     try:
-        return detect_family(folder).rope
+        return detect_family(folder, family).rope
     except FamilyError:
         return "base"
 
@@ -229,6 +232,7 @@ def load_model(
     device: str | torch.device = "cpu",
     vocab_size: int | None = None,
     seed: int = 0,
+    family: str | None = None,
 ) -> GlmForCausalLM:
     """Load a GLM-family base model natively, as transformers' ``GlmForCausalLM`` in eval mode.
 
@@ -238,11 +242,12 @@ def load_model(
     ``seed`` apply to shapes only). ``dtype=None`` keeps the checkpoint's dtype
     on GPU and uses float32 on CPU. A folder that also holds a P-Tuning prefix
     (``pre_seq_len`` in config.json) loads without it. To apply a fine-tuning
-    result too, use :func:`glmtune.load_model` (``adapter=``, ``prefix=``).
+    result too, use :func:`glmtune.load_model` (``adapter=``, ``prefix=``). ``family`` forces the model family
+    (``glmtune.families``) where the folder does not tell it (it decides how ChatGLM2-32k's rope_ratio applies).
     """
     folder = Path(path)
     if folder.is_dir():
-        layout, config = read_model_config(folder)
+        layout, config = read_model_config(folder, family)
         files = weight_files(folder)
         check_layer_count(files, layout, config)
         target = resolve_dtype(dtype, device, checkpoint_dtype(files))

@@ -46,7 +46,7 @@ def load_base(cfg: TrainConfig, precision, device: str, vocab_size: int | None) 
     layer onto ``device``, so the device never holds the full-precision model."""
     q = cfg.model.quantization
     model = load_model(cfg.model.path, dtype=precision.storage, device="cpu" if q.bits else device,
-                       vocab_size=vocab_size, seed=cfg.training.seed)
+                       vocab_size=vocab_size, seed=cfg.training.seed, family=cfg.model.family or None)
     if q.bits:
         model = quantize_model(model, bits=q.bits, quant_type=q.type, double_quant=q.double_quant,
                                compute_dtype=compute_dtype(cfg, precision.compute), device=device)
