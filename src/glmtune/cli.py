@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from .errors import GlmtuneError, UserError  # noqa: F401  (UserError re-exported)
@@ -35,6 +36,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # bitsandbytes (which PEFT imports when it is installed) logs a warning at import on CPUs with AVX512-BF16 when
+    # an optional hub kernel is not loaded, then uses its own: noise on every command's stderr, so only errors show.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
