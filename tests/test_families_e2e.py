@@ -113,7 +113,7 @@ def test_family_trains_exports_reloads_and_chats(family, other, request, tmp_pat
 
     # A user pipes a question into `glmtune chat` on the export and gets one reply, the family detected.
     chat = subprocess.run([sys.executable, "-m", "glmtune", "chat", "--model", str(export), "--temperature", "0",
-                           "--max-new-tokens", "4", "--prompt", "你好"], capture_output=True, text=True, timeout=120)
+                           "--max-new-tokens", "4", "--prompt", "你好"], capture_output=True, text=True, timeout=300)
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.strip() or chat.stderr == ""
 
@@ -142,14 +142,19 @@ def test_glm4_tool_call_through_a_pipe(tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     batch, target = torch.tensor([ids]), torch.tensor([labels])
     model.train()
-    for _ in range(200):
-        loss = model(input_ids=batch, labels=target).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if loss.item() < 0.003:
-            break
-    assert loss.item() < 0.01, loss.item()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float sums on every machine, and faster on shared cores
+    try:
+        for _ in range(400):
+            loss = model(input_ids=batch, labels=target).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if loss.item() < 0.001:
+                break
+    finally:
+        torch.set_num_threads(threads)
+    assert loss.item() < 0.002, loss.item()
     folder = tmp_path / "bot"
     save_model(model.eval(), folder, family="glm4")
     tok.save_pretrained(folder)
@@ -157,7 +162,7 @@ def test_glm4_tool_call_through_a_pipe(tmp_path):
     (tmp_path / "tools.json").write_text(json.dumps(GLM4_TOOLS))
     chat = subprocess.run([sys.executable, "-m", "glmtune", "chat", "--model", str(folder), "--tools",
                            str(tmp_path / "tools.json"), "--temperature", "0", "--max-new-tokens", "24"],
-                          input='weather in Paris?\n{"temp": 21}\n', capture_output=True, text=True, timeout=120)
+                          input='weather in Paris?\n{"temp": 21}\n', capture_output=True, text=True, timeout=300)
     assert chat.returncode == 0, chat.stderr
     lines = chat.stdout.splitlines()
     assert lines[0] == 'tool_call: {"name": "get_weather", "parameters": {"city": "Paris"}}', chat.stdout

@@ -269,11 +269,20 @@ def test_a_template_that_ignores_request_tools_is_found():
 
 
 def test_exports_get_a_template_that_shows_the_tools(fixtures, tmp_path):
-    """A GLM-4-9B export (THUDM's template kept) is served with glmtune's; a ChatGLM3 export keeps its own."""
+    """Exports carry a template that renders tools= (GLM-4's: glmtune's, not THUDM's, which ignores them), so
+    engines need no --chat-template; a folder still holding THUDM's GLM-4 template gets glmtune's from the scripts."""
+    import json
+
+    from transformers import AutoTokenizer
+
     from glmtune.export import export_model
-    from glmtune.serving.templates import GLM4_TEMPLATE, engine_chat_template
+    from glmtune.serving.templates import GLM4_TEMPLATE, engine_chat_template, template_renders_tools
 
     for name in ("glm4-tiny", "chatglm3-tiny"):
         export_model(fixtures / name, tmp_path / name)
+        assert template_renders_tools(AutoTokenizer.from_pretrained(tmp_path / name)), name
+        assert engine_chat_template(str(tmp_path / name)) == ""
+    config = tmp_path / "glm4-tiny" / "tokenizer_config.json"
+    thudm = json.loads((fixtures / "glm4-tiny" / "tokenizer_config.json").read_text())["chat_template"]
+    config.write_text(json.dumps({**json.loads(config.read_text()), "chat_template": thudm}))
     assert engine_chat_template(str(tmp_path / "glm4-tiny")) == GLM4_TEMPLATE
-    assert engine_chat_template(str(tmp_path / "chatglm3-tiny")) == ""

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from ..tokenizer import ChatGLMTokenizer, TokenizerError
+from .glm4_template import CHAT_TEMPLATE
 
 TOKENIZER_FILE = "tokenizer.model"
 SPECIAL_TOKENS = (
@@ -203,8 +204,6 @@ class GLM4Tokenizer:
     def chat_template(self) -> str:
         """The folder's own template when it had one, else glmtune's equivalent of the official one."""
         if self._chat_template is None:
-            from .glm4_template import CHAT_TEMPLATE
-
             self._chat_template = CHAT_TEMPLATE
         return self._chat_template
 
@@ -344,7 +343,10 @@ class GLM4Tokenizer:
             else:  # read from a tokenizer.json: the rank file is written from it
                 write_ranks(self._tokens, out_dir / TOKENIZER_FILE)
         self.hf.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", **self._hf_config(), "glmtune_family": "glm4",
+        # glmtune's template, not the folder's: the same ids on every official prompt, and it also renders the
+        # tools= and tool_calls that serving engines (vLLM, SGLang) pass, which THUDM's template ignores.
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **self._hf_config(), "chat_template": CHAT_TEMPLATE,
+                  "glmtune_family": "glm4",
                   "added_tokens_decoder": {str(i): {"content": t, "special": True, "normalized": False,
                                                     "lstrip": False, "rstrip": False, "single_word": False}
                                            for t, i in self.special_tokens.items()}}
