@@ -10,6 +10,8 @@ import textwrap
 import pytest
 import torch
 
+from conftest import free_port
+
 
 def test_torchrun_device_is_the_local_rank(monkeypatch):
     from glmtune.train.setup import resolve_device
@@ -53,7 +55,7 @@ def test_two_processes_write_once_and_checkpoints_hold_every_rank(tmp_path):
     (tmp_path / "out" / ".glmtune-run.json").write_text(json.dumps({"created": ["final", ".glmtune-run.json"]}))
     (tmp_path / "run.py").write_text(SCRIPT)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29731", str(tmp_path / "run.py"), str(tmp_path)], capture_output=True, text=True,
+                           str(free_port()), str(tmp_path / "run.py"), str(tmp_path)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("RESULT") == 2

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 
@@ -114,8 +115,11 @@ def test_browser_train_watch_chat_export(server, page, tiny_workspace, tmp_path)
         page.locator(f"#{elem} input").fill(value)
     page.get_by_role("button", name="Show resolved config").click()
     page.get_by_text("resolved config (YAML)").click()
-    expect(page.locator("#train-yaml")).to_contain_text("name: full")  # (the editor shows only the first lines)
-    expect(page.locator("#train-yaml-file a[href$='/train.yaml']")).to_be_visible()  # the download link
+    expect(page.locator("#train-yaml")).to_contain_text("max_input_length: 64")  # (the editor shows its first lines)
+    link = page.locator("#train-yaml-file a[href$='/train.yaml']")
+    expect(link).to_be_visible()  # the download link: the whole resolved config, the form's choices in it
+    resolved = page.request.get(urljoin(page.url, link.get_attribute("href"))).text()
+    assert "name: full" in resolved and "max_output_length: 96" in resolved, resolved
     page.locator("#train-start").click()
     run_dir = tiny_workspace["runs"] / "browser-run"
     expect(page.locator("#train-message")).to_contain_text("started glmtune train")
