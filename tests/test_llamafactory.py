@@ -9,6 +9,7 @@ import yaml
 
 from glmtune.cli import main
 from glmtune.config import ConfigError, load_config
+from glmtune.config.llamafactory import translation_notes
 
 # LLaMA-Factory's examples/train_lora/llama3_lora_sft.yaml, with a ChatGLM3 model, template and a tiny run.
 EXAMPLE = """\
@@ -118,18 +119,28 @@ def test_unsupported_stage_is_one_clear_error(lf_dir, stage):
 
 
 def test_every_unsupported_key_is_named_with_its_reason(lf_dir):
-    text = (lf_dir / "lora_sft.yaml").read_text().replace("template: chatglm3", "template: glm4")
-    (lf_dir / "x.yaml").write_text(text + "quantization_bit: 4\nadapter_name_or_path: saves/old\n"
+    text = (lf_dir / "lora_sft.yaml").read_text().replace("template: chatglm3", "template: llama3")
+    (lf_dir / "x.yaml").write_text(text + "adapter_name_or_path: saves/old\n"
                                    "train_on_prompt: true\nmix_strategy: interleave_under\n")
     with pytest.raises(ConfigError) as err:
         load_config(lf_dir / "x.yaml")
     msg = str(err.value)
-    assert "sets 5 options glmtune does not support" in msg
-    assert "template: glm4 (GLM-4 models are not supported yet" in msg
-    assert "quantization_bit: 4 (QLoRA" in msg
+    assert "sets 4 options glmtune does not support" in msg
+    assert "template: llama3 (glmtune trains the GLM family in each model's official format: use template: " \
+           "chatglm3, chatglm2, glm4)" in msg
     assert "adapter_name_or_path: 'saves/old' (training on top of an existing adapter is not supported; merge" in msg
     assert "train_on_prompt: True (prompts are never learned" in msg
     assert "mix_strategy: 'interleave_under' (nearest: sampling ratios" in msg
+
+
+def test_glm_templates_and_qlora_keys_translate(lf_dir):
+    text = (lf_dir / "lora_sft.yaml").read_text().replace("template: chatglm3", "template: glm4")
+    (lf_dir / "q.yaml").write_text(text + "quantization_bit: 4\nquantization_type: nf4\ndouble_quantization: false\n")
+    cfg = load_config(lf_dir / "q.yaml")
+    q = cfg.model.quantization
+    assert (q.bits, q.type, q.double_quant) == (4, "nf4", False)
+    notes = "\n".join(translation_notes(lf_dir / "q.yaml"))
+    assert "template: 'glm4' -> the official GLM-4 format" in notes and "quantization_bit: 4 -> model.quantization.bits" in notes
 
 
 def test_cli_reports_unsupported_stage_in_one_line(lf_dir, capsys):
@@ -195,7 +206,7 @@ def test_train_dataset_option_replaces_the_files(lf_dir, chatglm3_dir, capsys):
 
 
 def test_glmtune_and_official_configs_are_not_taken_for_llamafactory():
-    from glmtune.config.llamafactory import is_llamafactory
+    from glmtune.config.llamafactory import is_llamafactory, translation_notes
 
     assert is_llamafactory({"model_name_or_path": "x", "dataset": "a"})
     assert not is_llamafactory({"model": {"path": "tiny"}, "data": {"train_file": "a"}})

@@ -43,6 +43,9 @@ DIRECT = {
     "max_samples": "data.max_samples",
     "preprocessing_num_workers": "data.num_workers",
     "plot_loss": "output.plots",
+    "quantization_bit": "model.quantization.bits",
+    "quantization_type": "model.quantization.type",
+    "double_quantization": "model.quantization.double_quant",
 }
 # Accepted, with no effect here (the reason is printed by --print-config).
 IGNORED = {
@@ -64,7 +67,6 @@ REFUSED = {
     "adapter_name_or_path": (None, "training on top of an existing adapter is not supported; merge it into the base "
                                    "model first (glmtune export --model BASE --adapter DIR --out MERGED), or continue a "
                                    "glmtune run with training.resume"),
-    "quantization_bit": (None, "QLoRA (quantized base weights) is not supported yet; train LoRA on bf16 weights"),
     "eval_dataset": (None, "nearest: val_size (hold out part of the training data), or data.val_file in a glmtune "
                            "config"),
     "train_on_prompt": (False, "prompts are never learned, as in the official ChatGLM3 demo"),
@@ -98,10 +100,11 @@ STAGES = {"pt": "pre-training on raw text is not supported; nearest: base-model 
           "ppo": "PPO (RLHF) is not supported (glmtune trains supervised fine-tuning only: stage sft)",
           "dpo": "DPO / preference training is not supported (glmtune trains supervised fine-tuning only: stage sft)",
           "kto": "KTO is not supported (glmtune trains supervised fine-tuning only: stage sft)"}
-TEMPLATES = {"chatglm3": None,
-             "chatglm2": "ChatGLM2 models are not supported yet (ChatGLM3 only)",
-             "glm4": "GLM-4 models are not supported yet: until the GLM family lands glmtune trains ChatGLM3 "
-                     "(template: chatglm3)"}
+# LLaMA-Factory template -> what glmtune renders (the model folder's family decides; the note says which).
+TEMPLATES = {"chatglm3": "the official ChatGLM3 format (LLaMA-Factory's own chatglm3 template renders tools in GLM-4's "
+                         "format; glmtune renders them as ChatGLM3's official code)",
+             "chatglm2": "the official ChatGLM2 format ([Round N] prompts, THUDM's P-Tuning preprocessing)",
+             "glm4": "the official GLM-4 format (THUDM's GLM-4 finetune.py; GLM-4-0414: the folder's chat template)"}
 
 
 def translation_notes(path: str | Path, overrides: list[str] | tuple = ()) -> list[str]:
@@ -178,9 +181,9 @@ def _check_refused(data: dict, source: Source) -> None:
     if stage != "sft":
         problems.append(f"stage: {stage} ({STAGES.get(stage, 'unknown stage')})")
     template = data.get("template")
-    if template is not None and template != "chatglm3":
-        why = TEMPLATES.get(template) or "glmtune trains ChatGLM3 models: use template: chatglm3 (the official format)"
-        problems.append(f"template: {template} ({why})")
+    if template is not None and template not in TEMPLATES:
+        problems.append(f"template: {template} (glmtune trains the GLM family in each model's official format: use "
+                        f"template: {', '.join(TEMPLATES)})")
     kind = data.get("finetuning_type", "lora")
     if kind not in FINETUNING_TYPES:
         problems.append(f"finetuning_type: {kind} (supported: lora, freeze, full)")
@@ -263,8 +266,8 @@ def _data(data: dict, out: dict, notes: list[str], source: Source) -> None:
         _set(out, "data.packing", True)
         notes.append("packing/neat_packing -> data.packing (no attention across packed samples, as neat_packing)")
     if "template" in data:
-        notes.append("template: 'chatglm3' -> the official ChatGLM3 format (LLaMA-Factory's own chatglm3 template "
-                     "renders tools in GLM-4's format; glmtune renders them as ChatGLM3's official code)")
+        notes.append(f"template: {data['template']!r} -> {TEMPLATES[data['template']]}; the format follows the model "
+                     "folder's family (model.family)")
 
 
 METHOD_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora",
