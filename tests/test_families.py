@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import need_fixtures
 from glmtune.families import FAMILIES, FamilyError, detect_family, family_of, get_family, load_tokenizer
@@ -69,3 +70,21 @@ def test_forced_family_decides_how_rope_ratio_applies(tmp_path, chatglm3_dir):
     assert forced.rope_parameters["rope_theta"] == 10000.0
     base = load_model(folder, family="chatglm3").config
     assert base.rope_parameters["rope_type"] == "default" and base.rope_parameters["rope_theta"] == 160000.0
+
+
+def test_glm4_native_thudm_native_round_trip_is_bit_identical(tmp_path):
+    from glmtune import load_model, save_model
+
+    original = load_model(need_fixtures() / "glm4-tiny")  # THUDM layout, bf16 upcast to fp32
+    save_model(original, tmp_path / "native", family="glm4")
+    native = load_model(tmp_path / "native")
+    save_model(native, tmp_path / "thudm", layout="chatglm3", family="glm4")
+    cfg = json.loads((tmp_path / "thudm" / "config.json").read_text())
+    assert cfg["model_type"] == "chatglm" and cfg["padded_vocab_size"] == 151552 and cfg["rope_ratio"] == 500
+    again = load_model(tmp_path / "thudm")
+    assert detect_family(tmp_path / "thudm").name == "glm4"
+    state, final = original.state_dict(), again.state_dict()
+    assert state.keys() == final.keys()
+    assert all(torch.equal(state[k], final[k]) for k in state)
+    assert again.config.rope_parameters == original.config.rope_parameters
+    assert again.config.rms_norm_eps == original.config.rms_norm_eps
