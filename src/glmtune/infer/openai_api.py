@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from dataclasses import replace
 
 from ..data.chat_format import rendered_messages
 from ..data.errors import DataError
@@ -138,6 +139,21 @@ class StopText:
         return out
 
 
+def tool_names(body: dict) -> list[str]:
+    """The names of the request's tools (OpenAI ``{"type": "function", "function": {...}}`` or a bare schema)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return []
+    specs = [t.get("function", t) if isinstance(t, dict) else None for t in tools]
+    return [s["name"] for s in specs if isinstance(s, dict) and isinstance(s.get("name"), str)]
+
+
+def forced_tool(body: dict) -> str | None:
+    """The function a ``tool_choice`` object names (the reply must call it), or None."""
+    choice = body.get("tool_choice")
+    return choice["function"]["name"] if isinstance(choice, dict) else None
+
+
 def _check_tool_choice(body: dict) -> None:
     choice = body.get("tool_choice")
     if choice is None:
@@ -147,11 +163,31 @@ def _check_tool_choice(body: dict) -> None:
     if choice not in ("none", "auto", "required") and not named:
         raise RequestError("'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", "
                            f"\"function\": {{\"name\": ...}}}}, got {json.dumps(choice)}", "tool_choice")
-    # The model itself decides whether to call a tool: that is "auto" (and "none" when no tools are given).
-    if choice != "auto" and not (choice == "none" and not body.get("tools")):
-        raise RequestError(f"'tool_choice' {json.dumps(choice)} is not supported: the model decides by itself whether "
-                           "to call one of the tools (as \"auto\"); send \"auto\" or leave tool_choice out",
+    if choice == "required":
+        raise RequestError("'tool_choice' \"required\" is not supported: send \"auto\" (the model decides), "
+                           "\"none\", or {\"type\": \"function\", \"function\": {\"name\": ...}} to force "
+                           "one tool", "tool_choice")
+    if named and choice["function"]["name"] not in tool_names(body):
+        raise RequestError(f"'tool_choice' names the function {json.dumps(choice['function']['name'])}, which is "
+                           f"not among the request's tools {json.dumps(tool_names(body))}; name one of them",
                            "tool_choice")
+
+
+def settle_reply(reply: Reply, body: dict) -> Reply:
+    """The reply as the request's tools allow: a call that is not allowed comes back as plain text.
+
+    A call is kept when its name is among the request's tools, ``tool_choice`` is not "none" and (when
+    a function is forced) it calls that function; otherwise its raw text (metadata line and body) is the
+    content and the reply ends with "stop", as vLLM's and THUDM's servers answer. A forced call the
+    model did not complete is answered the same way (its text, "stop"), never with an error.
+    """
+    forced, call = forced_tool(body), reply.tool_call
+    if call is None:
+        return reply if forced is None else replace(reply, finish_reason="stop")
+    allowed = tool_names(body) if body.get("tool_choice") != "none" else []
+    if call.name in allowed and forced in (None, call.name):
+        return reply
+    return replace(reply, content=reply.raw.strip(), tool_call=None, finish_reason="stop")
 
 
 def check_unsupported(body: dict) -> None:
@@ -224,7 +260,9 @@ def conversation_from_request(body: dict):
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise RequestError("'messages' must be a non-empty list", "messages")
     try:
-        conv = openai_conversation(body["messages"], body.get("tools"))
+        # tool_choice "none": the model is not shown the tools, so it answers in text.
+        tools = None if body.get("tool_choice") == "none" else body.get("tools")
+        conv = openai_conversation(body["messages"], tools)
     except DataError as exc:
         raise RequestError(str(exc), "messages") from None
     messages = rendered_messages(conv)

@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -33,10 +33,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from .batching import DONE, Batcher, Job, QueueFull
-from .chat import ChatError, ChatSession, ReplyStream
+from ..data.family_format import render_tool_call
+from .chat import ChatError, ChatSession, Reply, ReplyStream
 from .openai_api import (MAX_BODY_BYTES, RequestError, StopText, check_model, check_request, chunk_json,
-                         completion_json, content_length, conversation_from_request, error_json, parse_body,
-                         sampling_from_request, stop_strings, tool_calls_json)
+                         completion_json, content_length, conversation_from_request, error_json, forced_tool,
+                         parse_body, sampling_from_request, settle_reply, stop_strings, tool_calls_json)
 from .sampling import SamplingConfig
 
 log = logging.getLogger("glmtune.serve")
@@ -57,11 +58,13 @@ class ServerState:
 class JobReplyStream(ReplyStream):
     """A :class:`ReplyStream` whose tokens come from the batcher; leaving it early cancels the job."""
 
-    def __init__(self, session: ChatSession, prompt: list[int], job: Job):
+    def __init__(self, session: ChatSession, prompt: list[int], job: Job, prefill: list[int] | None = None):
         super().__init__(session, prompt, should_stop=lambda: job.cancelled)
-        self.job = job
+        self.job, self.prefill = job, list(prefill or [])
 
     def tokens(self) -> Iterator[int]:
+        # A prefilled start of the reply (a forced tool's metadata line) is part of the text to parse.
+        yield from self.prefill
         try:
             while True:
                 item = self.job.out.get()
@@ -74,8 +77,13 @@ class JobReplyStream(ReplyStream):
             self.job.cancel()
 
 
-def turn_events(stream: JobReplyStream, stops: list[str]) -> Iterator[tuple[str, object]]:
-    """("text", delta) as the reply grows, then ("reply", Reply) with the content cut before a stop string."""
+def turn_events(stream: JobReplyStream, stops: list[str],
+                settle: Callable[[Reply], Reply] = lambda r: r) -> Iterator[tuple[str, object]]:
+    """("text", delta) as the reply grows, then ("reply", Reply) with the content cut before a stop string.
+
+    ``settle`` turns a tool call the request does not allow into text (:func:`.openai_api.settle_reply`);
+    that text, held back while it looked like a call, is streamed then.
+    """
     cutter = StopText(stops)
     for delta in stream:
         shown = cutter.push(delta)
@@ -83,7 +91,11 @@ def turn_events(stream: JobReplyStream, stops: list[str]) -> Iterator[tuple[str,
             yield "text", shown
         if cutter.hit:
             stream.job.cancel()  # the stream ends at its next token (should_stop), its row is freed
-    reply = stream.reply
+    reply = settle(stream.reply)
+    if not cutter.hit and reply.tool_call is None and reply.content.startswith(cutter.text):
+        shown = cutter.push(reply.content[len(cutter.text):])
+        if shown:
+            yield "text", shown
     if cutter.hit:
         reply = replace(reply, content=cutter.text, finish_reason="stop")
     else:
@@ -99,8 +111,8 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def thread_events(state: ServerState, request: Request, stream: JobReplyStream,
-                        stops: list[str]) -> AsyncIterator[tuple[str, object]]:
+async def thread_events(state: ServerState, request: Request, stream: JobReplyStream, stops: list[str],
+                        settle: Callable[[Reply], Reply]) -> AsyncIterator[tuple[str, object]]:
     """:func:`turn_events` run in a worker thread, handed to the event loop; a disconnect cancels the job."""
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue = asyncio.Queue()
@@ -113,7 +125,7 @@ async def thread_events(state: ServerState, request: Request, stream: JobReplySt
 
     def run() -> None:
         try:
-            for event in turn_events(stream, stops):
+            for event in turn_events(stream, stops, settle):
                 put(event)
             put(_END)
         except BaseException as exc:  # noqa: BLE001 -- handed to the request's handler
@@ -137,6 +149,17 @@ async def thread_events(state: ServerState, request: Request, stream: JobReplySt
     finally:
         watcher.cancel()
         stream.job.cancel()
+
+
+def forced_prefill(tokenizer, name: str | None) -> list[int]:
+    """The ids that start a reply calling ``name``: the family's text before the arguments (its metadata line).
+
+    Appended to the prompt, they make the model write that tool's arguments (``tool_choice`` naming a function).
+    """
+    if name is None:
+        return []
+    text = render_tool_call(name, {}, tokenizer)
+    return tokenizer.encode(text[:text.index("\n") + 1] if "\n" in text else text)
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -176,16 +199,17 @@ async def chat_completions(state: ServerState, request: Request):
         sampling = sampling_from_request(body, state.defaults)
         session = ChatSession(state.model, state.tokenizer, sampling=sampling, history=messages)
         prompt = session.stream().prompt  # ChatError when the conversation does not fit the context
-        job = state.batcher.submit(prompt, sampling, state.tokenizer.stop_ids)
+        prefill = forced_prefill(state.tokenizer, forced_tool(body))
+        job = state.batcher.submit(prompt + prefill, sampling, state.tokenizer.stop_ids)
     except RequestError as exc:
         return JSONResponse(exc.json(), status_code=exc.status)
     except ChatError as exc:
         return _error(400, str(exc), param="messages")
     except QueueFull as exc:
         return _error(503, str(exc), "server_error", headers={"Retry-After": "1"})
-    stream = JobReplyStream(session, prompt, job)
+    stream = JobReplyStream(session, prompt, job, prefill)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    events = thread_events(state, request, stream, stops)
+    events = thread_events(state, request, stream, stops, lambda reply: settle_reply(reply, body))
     if body.get("stream"):
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(sse(events, state.name, cid, created, usage), media_type="text/event-stream",
