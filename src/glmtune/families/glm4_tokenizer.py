@@ -181,6 +181,7 @@ class GLM4Tokenizer:
     """
 
     padding_side = "left"
+    special_token_names = SPECIAL_TOKENS
     family_name = "glm4"
     """The model family whose format this tokenizer serves (``glmtune.families``)."""
 
@@ -240,26 +241,16 @@ class GLM4Tokenizer:
     def vocab_size(self) -> int:
         return self.n_ranks + len(SPECIAL_TOKENS)
 
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def get_command(self, token: str) -> int:
-        try:
-            return self.special_tokens[token]
-        except KeyError:
-            raise TokenizerError(f"unknown special token {token!r}; known: {', '.join(SPECIAL_TOKENS)}") from None
-
-    def role_id(self, role: str) -> int:
-        return self.get_command(f"<|{role}|>")
+    # The same lookups as ChatGLM3's tokenizer (special_token_names / special_tokens / eos_token_id are ours);
+    # stop_ids: <|endoftext|>, <|user|>, <|observation|>.
+    __len__ = ChatGLMTokenizer.__len__
+    get_command = ChatGLMTokenizer.get_command
+    role_id = ChatGLMTokenizer.role_id
+    stop_ids = ChatGLMTokenizer.stop_ids
 
     def prefix_ids(self) -> list[int]:
         """``[gMASK] <sop>``, which starts every GLM-4 sequence."""
         return [self.special_tokens["[gMASK]"], self.special_tokens["<sop>"]]
-
-    @property
-    def stop_ids(self) -> list[int]:
-        """Ids that end an assistant turn: ``<|endoftext|>``, ``<|user|>``, ``<|observation|>``."""
-        return [self.eos_token_id, self.special_tokens["<|user|>"], self.special_tokens["<|observation|>"]]
 
     # -- encode / decode ------------------------------------------------------
     def encode(self, text: str, *, add_prefix: bool = False, allow_special: bool = False) -> list[int]:
