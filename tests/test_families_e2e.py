@@ -111,11 +111,15 @@ def test_family_trains_exports_reloads_and_chats(family, other, request, tmp_pat
         reloaded = load_model(folder, adapter=result)
     assert not torch.equal(_logits(reloaded, prompt), _logits(load_model(folder), prompt))  # training changed it
 
-    # A user pipes a question into `glmtune chat` on the export and gets one reply, the family detected.
+    # A user pipes a question into `glmtune chat` on the export: the family's prompt (detected from the export),
+    # then one reply line.
     chat = subprocess.run([sys.executable, "-m", "glmtune", "chat", "--model", str(export), "--temperature", "0",
-                           "--max-new-tokens", "4", "--prompt", "你好"], capture_output=True, text=True, timeout=300)
+                           "--max-new-tokens", "4", "--show-prompt"], input="你好\n", capture_output=True, text=True,
+                          timeout=300)
     assert chat.returncode == 0, chat.stderr
-    assert chat.stdout.strip() or chat.stderr == ""
+    lines = chat.stdout.splitlines()
+    assert lines[0] == "prompt: " + json.dumps(prompt), chat.stdout
+    assert len(lines) == 2 and lines[1].startswith(("assistant: ", "tool_call: ")), chat.stdout
 
 
 GLM4_TOOLS = [{"type": "function", "function": {

@@ -82,12 +82,9 @@ class GLM40414Tokenizer:
     def chat_template(self) -> str | None:
         return self.hf.chat_template
 
-    def __call__(self, *args, **kwargs):
-        return self.hf(*args, **kwargs)
-
-    def apply_chat_template(self, *args, **kwargs):
-        """transformers' ``apply_chat_template`` with the folder's own template."""
-        return self.hf.apply_chat_template(*args, **kwargs)
+    # tok(text) and apply_chat_template (the folder's own template) delegate to .hf, as ChatGLM3's do.
+    __call__ = ChatGLMTokenizer.__call__
+    apply_chat_template = ChatGLMTokenizer.apply_chat_template
 
     def render_ids(self, messages: list[dict], *, tools: list | None = None, add_generation_prompt: bool = False,
                    where: str = "") -> list[int]:

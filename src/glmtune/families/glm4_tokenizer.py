@@ -225,16 +225,11 @@ class GLM4Tokenizer:
                 "clean_up_tokenization_spaces": False, "model_input_names": ["input_ids", "attention_mask"],
                 "chat_template": self.chat_template}
 
-    def __call__(self, *args, **kwargs):
-        """``tok(text)`` as the official tokenizer: ``[gMASK] <sop>`` + ids; padding and tensors as transformers."""
-        return self.hf(*args, **kwargs)
-
-    def apply_chat_template(self, *args, **kwargs):
-        """transformers' ``apply_chat_template`` with GLM-4's template (the ids of ``build_prompt``)."""
-        return self.hf.apply_chat_template(*args, **kwargs)
-
-    def batch_decode(self, sequences, **kwargs) -> list[str]:
-        return [self.decode(ids, **kwargs) for ids in sequences]
+    # tok(text), apply_chat_template (GLM-4's template: the ids of build_prompt) and batch_decode delegate as
+    # ChatGLM3's do.
+    __call__ = ChatGLMTokenizer.__call__
+    apply_chat_template = ChatGLMTokenizer.apply_chat_template
+    batch_decode = ChatGLMTokenizer.batch_decode
 
     # -- vocabulary -----------------------------------------------------------
     @property
