@@ -67,7 +67,9 @@ def _logged_steps(out: Path) -> list[int]:
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_saves_a_checkpoint_and_a_second_writer_is_refused(workdir, tmp_path, sig, status):
     out = tmp_path / "out"
-    config = _config_file(workdir, out)
+    # Far more steps than the test can take: with packed batches 400 tiny steps can finish (and the run restore the
+    # default signal handlers) while the second `glmtune train` below starts up.
+    config = _config_file(workdir, out, max_steps=1_000_000)
     proc = _train_process(config)
     _wait_for(lambda: len(_logged_steps(out)) >= 2, proc)
     if sig == signal.SIGTERM:  # meanwhile a second `glmtune train` on the same folder is turned away
