@@ -12,7 +12,9 @@ Modes: ``padded-full-logits`` is the official computation (right-padded batches,
 logits at every position); ``padded`` is glmtune's training loss (logits only where
 labels are, :mod:`glmtune.train.loss`) on the same batches; ``packed`` is glmtune's
 default: rows of max_input + max_output + 1 = 769 tokens (``batch`` rows a step),
-attention per sample (:mod:`glmtune.models.packed_attention`).
+attention per sample (:mod:`glmtune.models.packed_attention`). ``MODE@N`` checkpoints only every N-th
+layer (``training.checkpoint_every_n_layers``; ``@0``: no checkpointing); the official computation always
+checkpoints every layer.
 
 The default run takes the modes' steps in turn in one process (step 1 of each mode,
 then step 2, ...), so the modes share whatever else the machine runs and their
@@ -25,6 +27,7 @@ fresh process::
     python bench/bench_train.py --attention sdpa         # packed rows through a dense block mask (before)
     python bench/bench_train.py --mode packed --steps 30 # one mode, this process
     python bench/bench_train.py --mode losses            # padded vs packed per-token losses
+    python bench/bench_train.py --modes padded-full-logits,packed,packed@2,packed@0  # checkpointing choices
 """
 
 from __future__ import annotations
@@ -41,6 +44,23 @@ import numpy as np
 import torch
 
 MODES = ("padded-full-logits", "padded", "packed")
+DEFAULT_MODES = ("padded-full-logits", "padded", "packed", "packed@2")
+
+
+def parse_mode(spec: str) -> tuple[str, int | None]:
+    """``packed@2`` -> ("packed", 2): the batch mode and its checkpointing (every N-th layer; None: as --no-checkpointing says)."""
+    mode, _, every = spec.partition("@")
+    if mode not in MODES or (every and not every.isdigit()):
+        raise SystemExit(f"unknown mode {spec!r}: expected one of {', '.join(MODES)}, optionally with @N")
+    return mode, int(every) if every else None
+
+
+def checkpoint_layers(model, every: int) -> None:
+    """Checkpoint layers 0, every, 2 x every, ... (0: none), as transformers' ``every_n_layers`` chooses them."""
+    from glmtune.models import find_glm
+
+    for i, layer in enumerate(find_glm(model).model.layers):
+        layer.gradient_checkpointing = every > 0 and i % every == 0
 
 
 def synthetic_samples(n: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -120,11 +140,14 @@ def run_modes(modes: list[str], steps: int, batch: int, checkpointing: bool, att
     lm_head = find_lm_head(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     samples = synthetic_samples(2000, 65024)
-    feeds = {m: batches(m, samples, batch) for m in modes}
+    feeds = {m: batches(parse_mode(m)[0], samples, batch) for m in modes}
     out = {m: {"mode": m, "times": [], "real": []} for m in modes}
     for _ in range(steps):
         for m in modes:
-            seconds, real = train_step(model, lm_head, opt, m, next(feeds[m]))
+            mode, every = parse_mode(m)
+            if checkpointing:
+                checkpoint_layers(model, 1 if every is None else every)
+            seconds, real = train_step(model, lm_head, opt, mode, next(feeds[m]))
             out[m]["times"].append(seconds)
             out[m]["real"].append(real)
     for m in modes:
@@ -200,8 +223,8 @@ def interleaved(args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("all", *MODES, "losses"), default="all")
-    p.add_argument("--modes", default=",".join(MODES), help="modes of --mode all, comma-separated")
+    p.add_argument("--mode", default="all", help=f"all, losses, or one mode: {', '.join(MODES)} (optionally @N)")
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES), help="modes of --mode all, comma-separated")
     p.add_argument("--rss", action="store_true", help="--mode all: also each mode's peak RSS, run alone")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the figures")
@@ -214,6 +237,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="one mode: print its raw per-step figures as JSON")
     args = p.parse_args(argv)
     args.modes = [m for m in args.modes.split(",") if m]
+    for spec in args.modes + ([args.mode] if args.mode not in ("all", "losses") else []):
+        parse_mode(spec)  # an unknown mode stops here, before the model is built
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)

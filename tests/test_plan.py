@@ -174,3 +174,14 @@ def test_plan_command_unknown_model_names_the_shapes(tmp_path, capsys):
     assert main(["plan", str(config)]) == 2
     err = capsys.readouterr().err
     assert "no config.json to plan from" in err and "chatglm3-6b" in err
+
+
+def test_checkpointing_every_n_layers_plans_between_none_and_all():
+    shape = model_shape("chatglm3-6b")
+    setup = Setup(batch=4, length=769, answer_length=512, checkpointing=True)
+    every = [estimate(shape, replace(setup, checkpoint_every=n)).activations for n in (1, 2, 4)]
+    none = estimate(shape, setup, False).activations
+    assert every[0] < every[1] < every[2] < none
+    # Layers 0, 2, 4, ... checkpointed: half of the 28 layers keep their tensors.
+    per_layer = (none - every[0]) / (shape.layers - 1)
+    assert every[1] - every[0] == pytest.approx(14 * per_layer, rel=0.05)

@@ -250,3 +250,21 @@ def test_official_yaml_runs_unchanged_on_the_fixture_model(tmp_path, peft, monke
     assert train_rows == cli_rows
     # The same command with "yes" resumes (nothing left to do) instead of refusing the existing run.
     assert main(["train", str(data), str(chatglm3_dir), "cfg.yaml", "yes", "--quiet"]) == 0
+
+
+def test_checkpointing_every_n_layers_checkpoints_those_layers_and_trains_the_same(workdir, tmp_path):
+    """``training.checkpoint_every_n_layers`` reaches transformers' ``every_n_layers``; recomputation is exact."""
+    from glmtune.models import find_glm
+
+    common = {"training.max_steps": 3, "method.lora.dropout": 0.0}
+    plain = run_training(_cfg(workdir, tmp_path / "a", **common), quiet=True)
+    half = run_training(_cfg(workdir, tmp_path / "b", **common, **{"training.gradient_checkpointing": "true",
+                                                                    "training.checkpoint_every_n_layers": 2}),
+                        quiet=True)
+    flags = [layer.gradient_checkpointing for layer in find_glm(half.model).model.layers]
+    assert len(flags) >= 2 and flags == [i % 2 == 0 for i in range(len(flags))]
+    assert not any(layer.gradient_checkpointing for layer in find_glm(plain.model).model.layers)
+    for (_, x), (_, y) in zip(_losses(tmp_path / "a"), _losses(tmp_path / "b"), strict=True):
+        assert abs(x - y) <= 1e-6
+    with pytest.raises(ConfigError, match="training.checkpoint_every_n_layers must be > 0"):
+        _cfg(workdir, tmp_path / "c", **{"training.checkpoint_every_n_layers": 0})

@@ -98,3 +98,39 @@ def test_cross_entropy_gradient_in_place_matches_autograd_and_stays_finite():
     loss = _cross_entropy_grad_(buffer, targets)
     assert buffer.data_ptr() == ptr and torch.isfinite(buffer).all()
     assert torch.allclose(loss, expected, rtol=1e-5) and torch.allclose(buffer, reference.grad, atol=1e-6)
+
+
+def test_the_fused_loss_writes_every_chunk_into_one_logits_buffer():
+    """A fresh (chunk x vocabulary) result per chunk costs memory and page faults: one buffer serves all chunks."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from glmtune.train.loss import linear_cross_entropy_sum
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 5000, bias=False).requires_grad_(False)
+    hidden = torch.randn(40, 16, requires_grad=True)
+    targets = torch.randint(0, 5000, (40,))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss = linear_cross_entropy_sum(hidden, head, targets, chunk_size=8)  # 5 chunks of 8 x 5000 logits
+    allocated = sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0 and not e.cpu_children)
+    one_chunk = 8 * 5000 * 4
+    assert one_chunk <= allocated < 1.5 * one_chunk
+    reference = torch.nn.functional.cross_entropy(head(hidden), targets, reduction="sum")
+    assert torch.allclose(loss, reference, rtol=1e-5)
+
+
+def test_bf16_fused_loss_matches_the_float32_computation():
+    """bf16 weights and hidden states (GPU training) take the copy path into the float32 buffer."""
+    from glmtune.train.loss import linear_cross_entropy_sum
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).bfloat16().requires_grad_(False)
+    hidden = torch.randn(23, 16).bfloat16().requires_grad_(True)
+    targets = torch.randint(0, 50, (23,))
+    loss = linear_cross_entropy_sum(hidden, head, targets, chunk_size=5)
+    (grad,) = torch.autograd.grad(loss, [hidden])
+    ref_hidden = hidden.detach().float().requires_grad_(True)
+    reference = torch.nn.functional.cross_entropy(ref_hidden @ head.weight.float().t(), targets, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(reference, [ref_hidden])
+    assert torch.allclose(loss, reference, rtol=1e-3)
+    assert grad.dtype == torch.bfloat16 and torch.allclose(grad.float(), ref_grad, atol=2e-2)

@@ -185,6 +185,12 @@ class TrainingConfig:
         default=False, metadata={"help": (
             'Recompute activations in backward: much less memory, ~30% slower.'
         )})
+    checkpoint_every_n_layers: int = field(
+        default=1, metadata={"help": (
+            "With gradient_checkpointing: checkpoint only every N-th decoder layer (1 = all, as the official "
+            "demo); the others keep their activations, so less is recomputed (faster) for more memory "
+            "(`glmtune plan` shows how much)."
+        )})
     offload_activations: bool = field(
         default=False, metadata={"help": (
             "Keep the activations saved for backward in CPU memory (torch's save_on_cpu) instead of on the GPU: "
@@ -270,7 +276,8 @@ class TrainingConfig:
         )})
 
     def __post_init__(self):
-        _positive(self, ("learning_rate", "batch_size", "gradient_accumulation_steps", "logging_steps"))
+        _positive(self, ("learning_rate", "batch_size", "gradient_accumulation_steps", "logging_steps",
+                         "checkpoint_every_n_layers"))
         _non_negative(self, ("warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm", "save_steps",
                              "dataloader_num_workers", "adam_beta1", "adam_beta2"))
         _positive(self, ("adam_epsilon",))

@@ -8,8 +8,8 @@ runtime's own share. Calibrated against measured peaks (tests/test_plan.py: peak
 Activation counts follow transformers' GLM decoder layer as autograd keeps it (bytes per token per layer):
 the two RMSNorms keep a float32 copy of their input plus their output; attention keeps q, k, v, the rotated
 q and k, k and v repeated to every head (SDPA), its output and the o_proj input; the MLP keeps gate_up's
-output (2 x ffn), SiLU's output and down_proj's input. The output layer runs in 1024-row chunks
-(:mod:`glmtune.train.loss`), so full logits never exist.
+output (2 x ffn), SiLU's output and down_proj's input. The output layer runs in 512-row chunks through one
+reused buffer (:mod:`glmtune.train.loss`), so full logits never exist.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _OPTIMIZER_BYTES = {"sgd": 0, "adafactor": 0.5, "adamw_bnb_8bit": 2, "adamw_8bit
                     "lion_8bit": 1, "paged_lion_8bit": 1, "lion_32bit": 4, "paged_lion_32bit": 4}
 _CUDA_RUNTIME = int(0.75 * GIB)  # CUDA context, cuBLAS workspace and allocator slack (not yet measured here)
 _CPU_RUNTIME = 40 * 2**20  # malloc arenas, autograd bookkeeping, one-off buffers: measured (tests/test_plan.py)
-_LOSS_CHUNK = 1024  # rows of logits the output layer computes at once (train/loss.py)
+_LOSS_CHUNK = 512  # rows of logits the output layer computes at once, in one buffer (train/loss.py)
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,7 @@ class Setup:
     length: int = 768
     answer_length: int = 512
     checkpointing: bool = False
+    checkpoint_every: int = 1  # with checkpointing: every N-th layer is checkpointed
     offload: bool = False
     device: str = "cuda"
 
@@ -158,6 +159,7 @@ def setup_from_config(cfg: TrainConfig) -> Setup:
     return Setup(method=m.name, bits=q.bits, double_quant=q.double_quant, storage=storage, compute=compute,
                  optim=cfg.training.optim, batch=cfg.training.batch_size, length=length, answer_length=min(answer, length),
                  checkpointing=cfg.training.gradient_checkpointing, offload=cfg.training.offload_activations,
+                 checkpoint_every=cfg.training.checkpoint_every_n_layers,
                  device="cpu" if on_cpu else "cuda", **extra)
 
 
@@ -207,7 +209,10 @@ def layer_activation_bytes(shape: Shape, s: Setup) -> float:
 
 
 def activation_bytes(shape: Shape, s: Setup, checkpointing: bool) -> float:
-    """Peak activation memory: every layer's saved tensors (or only layer inputs plus one recomputed layer)."""
+    """Peak activation memory: every layer's saved tensors (or only checkpointed layers' inputs, one recomputed layer).
+
+    transformers checkpoints layers 0, n, 2n, ... with ``every_n_layers`` n; the others keep all their tensors.
+    """
     a = _BYTES[s.compute]
     tokens = s.batch * s.length
     per_layer = layer_activation_bytes(shape, s) * tokens
@@ -215,13 +220,15 @@ def activation_bytes(shape: Shape, s: Setup, checkpointing: bool) -> float:
         per_layer += 4 * a * s.batch * s.prefix_tokens * shape.kv_heads * shape.head_dim * shape.heads // shape.kv_heads
     inputs = a * shape.hidden * tokens
     if checkpointing:
-        kept = shape.layers * inputs + 2 * per_layer  # each layer's input; one layer recomputed, and its gradients
+        checkpointed = -(-shape.layers // max(1, s.checkpoint_every))
+        kept = checkpointed * inputs + (shape.layers - checkpointed) * per_layer + 2 * per_layer  # + one recomputed
+        # layer and its gradients
     else:
         kept = shape.layers * per_layer + per_layer  # plus the gradients flowing through the last layer
     if s.offload:
         kept = 2 * per_layer + 2 * inputs  # saved tensors live in CPU memory; one layer's worth in flight
     answer = s.batch * s.answer_length
-    head = 2 * min(answer, _LOSS_CHUNK) * shape.vocab * 4 + 2 * a * answer * shape.hidden  # logits chunk, hidden + grad
+    head = min(answer, _LOSS_CHUNK) * shape.vocab * 4 + 2 * a * answer * shape.hidden  # logits chunk, hidden + grad
     mask = s.batch * s.length * s.length  # SDPA's boolean padding mask
     return kept + inputs * 2 + head + mask
 
@@ -300,6 +307,7 @@ def _gib(value: float) -> str:
 def format_plan(name: str, shape: Shape, s: Setup, memory: float | None = None) -> str:
     """The planner's report: a table by part, without and with gradient checkpointing, and what fits."""
     plain, ckpt = estimate(shape, s, False), estimate(shape, s, True)
+    ckpt_label = "checkpointing" if s.checkpoint_every <= 1 else f"every {s.checkpoint_every} layers"
     weights = f"{s.bits}-bit linear + {s.storage}" if s.bits else ("fp32" if s.method == "full" else s.storage)
     lines = [
         f"model {name}: {shape.total_params() / 1e9:.2f}B parameters ({shape.layers} layers, hidden {shape.hidden}, "
@@ -308,19 +316,19 @@ def format_plan(name: str, shape: Shape, s: Setup, memory: float | None = None) 
         f" on {s.device}",
         f"batch {s.batch} x length {s.length} tokens ({s.answer_length} answer){'; activations offloaded to CPU' if s.offload else ''}",
         "",
-        f"{'per device':34}{'no checkpointing':>18}{'checkpointing':>16}",
+        f"{'per device':34}{'no checkpointing':>18}{ckpt_label:>18}",
     ]
     rows = [(f"weights ({weights})", "weights"), ("trained parameters (fp32)", "trained"), ("gradients (fp32)", "gradients"),
             (f"optimizer state ({s.optim})", "optimizer"), ("activations", "activations"),
             ("runtime (CUDA context, workspace)" if s.device.startswith("cuda") else "runtime", "runtime")]
     for label, part in rows:
-        lines.append(f"{label:34}{_gib(getattr(plain, part)):>18}{_gib(getattr(ckpt, part)):>16}")
-    lines.append(f"{'expected peak':34}{_gib(plain.total):>18}{_gib(ckpt.total):>16}")
-    chosen = "checkpointing" if s.checkpointing else "no checkpointing"
+        lines.append(f"{label:34}{_gib(getattr(plain, part)):>18}{_gib(getattr(ckpt, part)):>18}")
+    lines.append(f"{'expected peak':34}{_gib(plain.total):>18}{_gib(ckpt.total):>18}")
+    chosen = ckpt_label if s.checkpointing else "no checkpointing"
     lines.append(f"this config uses {chosen}: about {(ckpt if s.checkpointing else plain).total / GIB:.1f} GiB")
     if memory is not None:
         lines.append("")
-        for label, flag in (("no checkpointing", False), ("checkpointing", True)):
+        for label, flag in (("no checkpointing", False), (ckpt_label, True)):
             batch, length = fits(shape, s, memory, flag)
             at_length = f"batch up to {batch} at length {s.length}" if batch else f"no batch at length {s.length}"
             at_batch = f"length up to {length} at batch {s.batch}" if length else f"no length at batch {s.batch}"

@@ -102,7 +102,8 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
     if cfg.training.gradient_checkpointing:
         # Non-reentrant: exact for every method (P-Tuning included) with no input-grad hook needed.
         kwargs = {"use_reentrant": False}
-        prepared.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        prepared.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
+                                                       every_n_layers=cfg.training.checkpoint_every_n_layers)
     if cfg.training.offload_activations:
         offload_activations(prepared.model, device)
     if plan is not None:
