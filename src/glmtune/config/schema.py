@@ -251,9 +251,9 @@ class TrainingConfig:
     deepspeed: str | None = field(
         default=None, metadata={"help": (
             "DeepSpeed JSON config path (relative: to the config file's folder; on the command line: "
-            'to the working directory). ZeRO-3 partitions the weights only once DeepSpeed starts: '
-            'each rank first loads the whole model into CPU memory (glmtune does not build it '
-            'partitioned).'
+            'to the working directory), e.g. the official ds_zero_2.json / ds_zero_3.json unchanged. Under '
+            "ZeRO-3 the model is built partitioned (deepspeed.zero.Init): no process holds it whole. Needs "
+            "pip install 'glmtune[deepspeed]'."
         )})
     fsdp: FsdpConfig = field(
         default_factory=FsdpConfig, metadata={"help": "FSDP2 sharding across processes (see FsdpConfig)."})
@@ -406,17 +406,10 @@ def check_sharding(cfg: TrainConfig) -> None:
 
 
 def check_deepspeed(path: str | None) -> None:
-    """Refuse a DeepSpeed config glmtune cannot run (read when files are checked, and again before training)."""
-    if path and deepspeed_stage(path) == 3:
-        # Refused, not half-supported: the model is built whole on every rank (no zero.Init), and the
-        # methods save, resume and evaluate from in-memory parameters that ZeRO-3 would leave as empty
-        # partitions (an adapter of empty tensors); P-Tuning's prefix would not even be gathered.
-        # FSDP2 (training.fsdp) shards the same three things and is built for glmtune's methods.
-        raise ConfigError(
-            f"training.deepspeed {path}: DeepSpeed ZeRO-3 (zero_optimization.stage 3) is not supported; for "
-            "weights, gradients and optimizer state sharded across GPUs use FSDP2 instead: remove "
-            "training.deepspeed and set training.fsdp.enabled=true (see examples/fsdp-full.yaml), or use a "
-            "stage 2 config (ds_zero_2.json: optimizer state and gradients sharded)", key="training.deepspeed")
+    """Read a DeepSpeed config when files are checked, and again before training: it must be JSON with a ZeRO
+    stage 0-3 (the runs themselves are checked in glmtune.train.deepspeed, before the model loads)."""
+    if path:
+        deepspeed_stage(path)
 
 
 def deepspeed_stage(path: str) -> int:

@@ -155,12 +155,16 @@ def _finish(model: GlmForCausalLM, device: str | torch.device) -> GlmForCausalLM
 
 
 def load_weights(model: GlmForCausalLM, files: list[Path], layout: str, dtype: torch.dtype, device, *,
-                 skip: str | None = None) -> None:
+                 skip: str | None = None, expected: dict | None = None, put=None) -> None:
     """Fill ``model`` shard by shard, checking every name and shape against its config.
 
-    Tensors whose name starts with ``skip`` are not part of the model and are passed over.
+    Tensors whose name starts with ``skip`` are not part of the model and are passed over. ``expected`` (name ->
+    shape) and ``put`` (takes one shard's converted tensors) replace the model's own state-dict shapes and
+    ``load_state_dict(assign=True)``, for models whose parameters are partitioned (DeepSpeed ZeRO-3).
     """
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if expected is None:
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+    put = put or partial(model.load_state_dict, strict=False, assign=True)
     seen: set[str] = set()
     for path in files:
         part = {}
@@ -175,7 +179,7 @@ def load_weights(model: GlmForCausalLM, files: list[Path], layout: str, dtype: t
             for new_name, value in pairs:
                 if new_name not in expected:
                     raise CheckpointError(f"{path}: unexpected tensor {name!r} for a {layout} GLM checkpoint")
-                if value.shape != expected[new_name]:
+                if tuple(value.shape) != tuple(expected[new_name]):
                     raise CheckpointError(
                         f"{path}: tensor {name!r} has shape {tuple(value.shape)}, "
                         f"but config.json implies {tuple(expected[new_name])}"
@@ -186,7 +190,7 @@ def load_weights(model: GlmForCausalLM, files: list[Path], layout: str, dtype: t
                 part[new_name] = value.clone() if value._base is not None else value
                 seen.add(new_name)
             del tensor, pairs
-        model.load_state_dict(part, strict=False, assign=True)
+        put(part)
         del part
     missing = sorted(set(expected) - seen - ({"lm_head.weight"} if model.config.tie_word_embeddings else set()))
     if missing:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from transformers import set_seed
@@ -22,6 +23,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback as H
 from ..config import ConfigError, TrainConfig, missing_model_message, save_config
 from ..files import apply_umask
 from .callbacks import JsonlLogCallback, OfficialEvalSchedule, ProgressCallback, StopOnSignalCallback
+from .deepspeed import gather_zero3_trained, is_zero3, load_zero3_base, zero3_enabled
 from .distributed import ShardPlan, gather_trained, is_sharded, meta_model, shard, shard_plan, unsharded_copy
 from .evaluation import GenerationEval, eval_settings
 from .guards import LossGuard
@@ -92,6 +94,8 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
     set_seed(cfg.training.seed)
     if plan is not None and not plan.loads_weights:
         model = meta_model(cfg.model.path, precision.storage, vocab)  # filled from the first rank by shard()
+    elif zero3_enabled():  # DeepSpeed ZeRO-3: constructed partitioned, no rank holds it whole (.deepspeed)
+        model = load_zero3_base(cfg, vocab)
     else:
         model = load_base(cfg, precision, device, vocab)  # quantized (QLoRA) when model.quantization says so
     model.config.use_cache = False  # no KV cache in training: it only costs memory
@@ -116,11 +120,14 @@ def _vocab_size(cfg: TrainConfig, tokenizer) -> int | None:
 
 
 def unsharded_for_saving(cfg: TrainConfig, precision: Precision, tokenizer, prepared):
-    """What the first rank saves: ``prepared`` itself, or under FSDP a meta copy holding the gathered trained
-    weights (every rank must call this: the gather is collective; other ranks get ``prepared`` back)."""
-    if not is_sharded(prepared.model):
+    """What the first rank saves: ``prepared`` itself, or under FSDP / ZeRO-3 a meta copy holding the gathered
+    trained weights (every rank must call this: the gather is collective; other ranks get ``prepared`` back)."""
+    if is_zero3(prepared.model):
+        trained = gather_zero3_trained(prepared.model)
+    elif is_sharded(prepared.model):
+        trained = gather_trained(prepared.model)
+    else:
         return prepared
-    trained = gather_trained(prepared.model)
     if not trained:
         return prepared
     skeleton = prepare(meta_model(cfg.model.path, precision.storage, _vocab_size(cfg, tokenizer)),
@@ -154,6 +161,7 @@ def build_trainer(cfg: TrainConfig, prepared, tokenizer, splits, precision: Prec
         eval_dataset=validation if has_eval else None,
         prepared=prepared,
         generation_eval=generation,
+        saving_copy=partial(unsharded_for_saving, cfg, precision, tokenizer, prepared),
     )
     return trainer
 

@@ -12,6 +12,7 @@ from transformers.integrations import integration_utils
 from ..config import ConfigError, TrainConfig, check_deepspeed
 from ..config.parse import unknown_key
 from ..devices import DeviceError, resolve_device as resolve
+from .deepspeed import check_deepspeed_run
 from .distributed import world_size
 
 
@@ -73,7 +74,8 @@ def resolve_precision(cfg: TrainConfig) -> Precision:
 def cast_trainable_to_fp32(model: torch.nn.Module) -> None:
     """Trainable weights in fp32: AdamW updates vanish in half precision, and fp16 loss scaling needs it."""
     for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
+        # ZeRO-3 partitions (ds_id) are cast by DeepSpeed, which keeps fp32 master weights of trained ones itself.
+        if param.requires_grad and param.dtype != torch.float32 and not hasattr(param, "ds_id"):
             param.data = param.data.float()
 
 
@@ -123,6 +125,7 @@ def training_arguments(cfg: TrainConfig, precision: Precision, output_dir: str, 
         raise ConfigError(f"training.deepspeed {t.deepspeed}: DeepSpeed is not installed; `pip install "
                           "'glmtune[deepspeed]'` (without CUDA: DS_BUILD_OPS=0), or remove training.deepspeed (torchrun "
                           "then trains with DDP, or FSDP2 with training.fsdp.enabled=true)", key="training.deepspeed")
+    check_deepspeed_run(cfg)  # QLoRA + ZeRO-3, an optimizer op that cannot build: refused before the model loads
     strategy = e.strategy if has_eval else "no"
     warmup = t.warmup_steps if t.warmup_steps else t.warmup_ratio  # transformers 5: a float < 1 is a ratio
     kwargs = dict(

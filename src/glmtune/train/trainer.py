@@ -44,6 +44,7 @@ from safetensors import SafetensorError
 
 from ..files import apply_umask
 from .layout import STATE_FILE as TRAINER_STATE_NAME
+from .deepspeed import is_zero3
 from .distributed import has_sharded_state, is_sharded, load_sharded_model, load_sharded_optimizer, save_sharded
 from .layout import TMP_PREFIX, checkpoints, commit_folder
 from .loss import answer_only_loss, find_lm_head
@@ -83,15 +84,18 @@ def nonfinite_cause(args, optimizer_lr: float | None) -> str:
 class GlmTrainer(Trainer):
     """``Trainer`` that saves/loads through the fine-tuning method and adds generation metrics."""
 
-    def __init__(self, *args, prepared=None, generation_eval=None, **kwargs):
+    def __init__(self, *args, prepared=None, generation_eval=None, saving_copy=None, **kwargs):
         self.prepared = prepared
         self.generation_eval = generation_eval
+        self.saving_copy = saving_copy
+        """Callable giving what the first rank saves for a partitioned (ZeRO-3) model; collective, every rank calls it."""
         self.real_tokens = 0
         self.eval_seconds = 0.0
         """Wall time spent evaluating (tokens/s leaves it out)."""
         self._staging: Path | None = None
         super().__init__(*args, **kwargs)
         self.lm_head = find_lm_head(self.model)
+        self.zero3 = is_zero3(self.model)
 
     # -- training --------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -109,9 +113,11 @@ class GlmTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Training loss with logits only at labelled positions (:mod:`.loss`); evaluation unchanged."""
         if (return_outputs or "labels" not in inputs or not model.training or self.label_smoother is not None
-                or self.args.n_gpu > 1):
+                or self.args.n_gpu > 1 or self.zero3):
             # n_gpu > 1 is nn.DataParallel (several GPUs without torchrun): its replicas share the lm_head
             # hook, so each thread would see the whole batch's mask. transformers' own loss handles it.
+            # ZeRO-3 gathers each module's partition once per forward and releases it once per backward: the
+            # second lm_head call below breaks that bookkeeping ("active_backward_submodules is empty").
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None  # HF then divides by the accumulation steps itself
@@ -129,6 +135,17 @@ class GlmTrainer(Trainer):
         output_dir.mkdir(parents=True, exist_ok=True)
         if not is_sharded(self.model):  # a sharded model's state is written by every rank (_save_sharded_state)
             self.prepared.save(output_dir)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under ZeRO-3 the method saves the trained weights gathered one at a time (``saving_copy``), not HF's
+        consolidated state dict, which for P-Tuning / freeze would gather the whole frozen base to one rank."""
+        if self.saving_copy is None or not self.zero3:
+            return super().save_model(output_dir, _internal_call)
+        saving = self.saving_copy()  # every rank: the gather is collective
+        if self.args.should_save:
+            output_dir = Path(output_dir or self.args.output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            saving.save(output_dir)
 
     def _get_output_dir(self, trial) -> str:
         # Private HF hook, touched because HF's _save_checkpoint writes checkpoint-N straight into the folder
