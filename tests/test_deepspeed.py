@@ -12,7 +12,9 @@ the optimizer state and parameters offloaded to the CPU (its cpu_adam op); the r
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ import pytest
 from glmtune.config import ConfigError, load_config
 from glmtune.train import run_training
 from glmtune.train.deepspeed import check_cpu_adam, needs_cpu_adam
+from conftest import DEEPSPEED_MISSING
 from test_fsdp import METHODS, RESULT_FILE, assert_same_training, reloaded_logits
 
 OFFICIAL = Path(__file__).resolve().parent.parent / "examples" / "official"
@@ -105,3 +108,28 @@ def test_the_official_deepspeed_configs_are_thudms_files_byte_for_byte():
     sha = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in OFFICIAL.glob("*.json")}
     assert sha == {"ds_zero_2.json": "85fe7f66b4e6e56c279e1970e32c5064c123d08cb4d60bc07b1c9f43465e5c89",
                    "ds_zero_3.json": "c79c00314096a8db81a2495181df57d21ad27b6c9cee2e2c6b50e4754000c35c"}
+
+
+def test_the_zero3_example_runs_unchanged_on_one_process_as_without_deepspeed(dist_runs, dist_workspace, tmp_path):
+    """examples/zero3-full.yaml under plain ``glmtune train`` (no launcher: glmtune describes a one-process group
+    for DeepSpeed) trains as one process without DeepSpeed, with the reference run's data and batch."""
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip(DEEPSPEED_MISSING)
+    ws = dist_workspace["config"]
+    out = tmp_path / "full"
+    overrides = [f"model.path={ws['model']['path']}", f"model.tokenizer={ws['model']['tokenizer']}",
+                 f"data.data_dir={ws['data']['data_dir']}", "data.train_file=train.jsonl", "data.val_file=null",
+                 "data.max_input_length=16", "data.max_output_length=16", "data.cache=false", "training.batch_size=4",
+                 "training.gradient_accumulation_steps=1", "training.gradient_checkpointing=false",
+                 "training.max_steps=4", "training.save_steps=2", "training.learning_rate=1e-3",
+                 "training.tensorboard=false", "training.logging_steps=1", "evaluation.strategy=no", f"output.dir={out}", "output.plots=false"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "glmtune", "train", str(OFFICIAL.parent / "zero3-full.yaml"),
+                           *overrides], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "is deprecated" not in proc.stderr  # DeepSpeed's calls of deprecated torch collectives stay quiet
+    assert (out / "checkpoint-4" / "global_step4").is_dir()
+    assert_same_training(dist_runs("single") / "full", out)

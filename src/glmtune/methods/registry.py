@@ -133,9 +133,10 @@ def trainable_parameter_counts(model: nn.Module) -> tuple[int, int]:
         if id(param) in seen:
             continue
         seen.add(id(param))
-        total += param.numel()
+        count = getattr(param, "ds_numel", None) or param.numel()  # a ZeRO-3 partition: the whole tensor's size
+        total += count
         if param.requires_grad:
-            trainable += param.numel()
+            trainable += count
     return trainable, total
 
 

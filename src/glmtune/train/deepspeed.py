@@ -21,6 +21,9 @@ only does what building models itself requires:
 from __future__ import annotations
 
 import json
+import os
+import socket
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -35,7 +38,8 @@ from ..models.loading import (PREFIX_ENCODER_KEYS, check_layer_count, load_weigh
 
 
 def check_deepspeed_run(cfg) -> None:
-    """Refuse, before the model loads, a DeepSpeed run that cannot work (QLoRA + ZeRO-3, an op that cannot build)."""
+    """Refuse, before the model loads, a DeepSpeed run that cannot work (QLoRA + ZeRO-3, an op that cannot build);
+    then let one process without a launcher run it (:func:`one_process_environment`)."""
     path = cfg.training.deepspeed
     if not path:
         return
@@ -46,6 +50,28 @@ def check_deepspeed_run(cfg) -> None:
                           "(model.quantization, QLoRA); use a ZeRO-2 config (ds_zero_2.json) or plain torchrun (DDP) "
                           "with QLoRA, or LoRA without model.quantization under ZeRO-3", key="training.deepspeed")
     check_cpu_adam(path)
+    one_process_environment()
+    # DeepSpeed 0.19 calls torch collectives torch 2.13 deprecated, and the warning repeats for every call (hundreds
+    # of lines per step); nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` "
+                            "is deprecated", category=FutureWarning)
+
+
+def one_process_environment() -> None:
+    """Without a launcher (plain ``glmtune train``), describe a one-process group as torchrun would.
+
+    DeepSpeed always starts a process group; without RANK/WORLD_SIZE in the environment it falls back to MPI
+    discovery (mpi4py). transformers' DeepSpeed guide has users set these variables by hand for one process;
+    glmtune sets them when no launcher did, so a config with training.deepspeed runs unchanged on one process.
+    """
+    if "RANK" in os.environ or "WORLD_SIZE" in os.environ:
+        return
+    with socket.socket() as sock:  # a free port, chosen now: several one-process runs may share the machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+        os.environ.setdefault(name, value)
 
 
 def needs_cpu_adam(config: dict) -> bool:
