@@ -1,13 +1,17 @@
-"""GPU: peak memory, real tokens/s and MFU of ChatGLM3-6B-shape LoRA (bf16) and QLoRA-4 at the official defaults.
+"""GPU: peak memory, real tokens/s and MFU of ChatGLM3-6B-shape LoRA (bf16, padded and packed) and QLoRA-4 at the official defaults.
 
 Prepared for a lent GPU (not run on CPU). A randomly initialised ``chatglm3-6b`` shape; the official ChatGLM3
 LoRA setup: r 8 / alpha 32 / dropout 0.1 on query_key_value (q/k/v here), batch 4, max input 256 / output 512,
 gradient checkpointing, AdamW; padded batches of bench_train.py's synthetic records (as the official script
 feeds them) through glmtune's training loss. Prints, per variant, peak allocated / reserved GPU memory against
 the official 14082 MiB, real tokens/s, and MFU against the measured bf16 matmul peak, plus ``glmtune plan``'s
-estimate for the same setup. Budget: about 4 minutes for both variants on an H100-class GPU::
+estimate for the same setup. Variants: ``lora`` (padded batches, as the official script), ``lora-packed``
+(glmtune's default: packed rows, attention per sample), ``lora-packed-compiled`` (the same with each layer's
+MLP and norms through ``torch.compile``, dynamic shapes: the attention's per-sample split stays eager),
+``lora-packed-every2`` (``training.checkpoint_every_n_layers=2``) and ``qlora4``. Budget: about 6 minutes for
+all on an H100-class GPU::
 
-    python bench/gpu_memory.py                  # both variants, 3 warm-up + 8 timed steps each
+    python bench/gpu_memory.py                  # every variant, 3 warm-up + 8 timed steps each
     python bench/gpu_memory.py --variant qlora4 --steps 5
 """
 
@@ -41,7 +45,10 @@ def matmul_peak_tflops(n: int = 8192, repeat: int = 20) -> float:
     return 2 * n**3 * repeat / (time.perf_counter() - start) / 1e12
 
 
-def build(bits: int | None):
+VARIANTS = ("lora", "lora-packed", "lora-packed-compiled", "lora-packed-every2", "qlora4")
+
+
+def build(bits: int | None, every: int = 1, compiled: bool = False, packed: bool = False):
     import torch
     from glmtune.methods import prepare
     from glmtune.methods.quantize import quantize_model
@@ -56,7 +63,18 @@ def build(bits: int | None):
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                          every_n_layers=every)
+    if packed:
+        from glmtune.models.packed_attention import enable_packed_attention
+
+        enable_packed_attention(model)
+    if compiled:
+        from glmtune.models import find_glm
+
+        for layer in find_glm(model).model.layers:  # regional: shapes vary per batch, the attention split is eager
+            for part in (layer.mlp, layer.input_layernorm, layer.post_attention_layernorm):
+                part.compile(dynamic=True)
     return model
 
 
@@ -64,17 +82,19 @@ def run_one(variant: str, steps: int, warmup: int) -> dict:
     import torch
     from glmtune.train.loss import answer_only_loss, find_lm_head
 
-    bits = {"lora": None, "qlora4": 4}[variant]
-    model = build(bits).train()
+    bits = 4 if variant == "qlora4" else None
+    packed = "packed" in variant
+    model = build(bits, every=2 if variant.endswith("every2") else 1, compiled="compiled" in variant,
+                  packed=packed).train()
     n_params = sum(p.numel() for p in model.parameters())
     head = find_lm_head(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     torch.cuda.reset_peak_memory_stats()
     seconds, tokens = 0.0, 0
-    for i, inputs in enumerate(batches("padded", synthetic_samples(200, 65024), 4)):
+    for i, inputs in enumerate(batches("packed" if packed else "padded", synthetic_samples(400, 65024), 4)):
         if i == warmup + steps:
             break
-        inputs = {k: v.cuda() for k, v in inputs.items()}
+        inputs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in inputs.items()}
         torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -85,7 +105,7 @@ def run_one(variant: str, steps: int, warmup: int) -> dict:
         torch.cuda.synchronize()
         if i >= warmup:
             seconds += time.perf_counter() - start
-            tokens += int(inputs["attention_mask"].sum())
+            tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int((inputs["input_ids"] != 0).sum())
     tokens_per_s = tokens / seconds
     # Frozen-base LoRA with checkpointing: forward, recomputed forward, and backward through activations (no weight
     # gradients for frozen layers) ~ 2N + 2N + 2N FLOPs per token (embeddings excluded: no matmul).
@@ -104,7 +124,8 @@ def plan_estimate(bits: int | None) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", choices=("lora", "qlora4"))
+    parser.add_argument("--variant", choices=VARIANTS)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="variants of a full run, comma-separated")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
@@ -113,14 +134,15 @@ def main(argv=None) -> int:
         return 0
     peak = matmul_peak_tflops()
     print(f"measured bf16 matmul peak: {peak:.0f} TFLOP/s")
-    for variant, bits in (("lora", None), ("qlora4", 4)):  # each in a fresh process: clean peak memory
+    for variant in args.variants.split(","):  # each in a fresh process: clean peak memory
+        bits = 4 if variant == "qlora4" else None
         out = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
                               "--warmup", str(args.warmup)], capture_output=True, text=True)
         if out.returncode:
             print(f"{variant}: failed\n{out.stderr[-3000:]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{variant:7} peak allocated {r['peak_allocated_mib']:7.0f} MiB (reserved {r['peak_reserved_mib']:.0f}; "
+        print(f"{variant:20} peak allocated {r['peak_allocated_mib']:7.0f} MiB (reserved {r['peak_reserved_mib']:.0f}; "
               f"official LoRA {OFFICIAL_LORA_MIB}; glmtune plan {plan_estimate(bits):.0f}), "
               f"{r['tokens_per_s']:.0f} tokens/s, MFU {r['model_tflops'] / peak:.1%}, loss {r['loss']:.3f}")
     return 0
