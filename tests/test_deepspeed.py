@@ -15,13 +15,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from glmtune.config import ConfigError, load_config
 from glmtune.train import run_training
-from glmtune.train.deepspeed import check_cpu_adam, needs_cpu_adam
+from glmtune.train.deepspeed import check_cpu_adam, check_resume_engine, needs_cpu_adam
 from conftest import DEEPSPEED_MISSING
 from test_fsdp import METHODS, RESULT_FILE, assert_same_training, reloaded_logits
 
@@ -82,6 +83,8 @@ def _config(dist_workspace, tmp_path, **training):
 
 def test_qlora_with_zero3_is_refused_before_the_model_loads(dist_workspace, tmp_path):
     pytest.importorskip("bitsandbytes")
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip(DEEPSPEED_MISSING)
     cfg = _config(dist_workspace, tmp_path, deepspeed=str(OFFICIAL / "ds_zero_3.json"))
     cfg["model"] = dict(cfg["model"], quantization={"bits": 4})
     cfg["method"] = {"name": "lora"}
@@ -133,3 +136,21 @@ def test_the_zero3_example_runs_unchanged_on_one_process_as_without_deepspeed(di
     assert "is deprecated" not in proc.stderr  # DeepSpeed's calls of deprecated torch collectives stay quiet
     assert (out / "checkpoint-4" / "global_step4").is_dir()
     assert_same_training(dist_runs("single") / "full", out)
+
+
+def test_resuming_across_deepspeed_and_no_deepspeed_is_refused_before_the_model(
+        dist_runs, ds_runs, dist_workspace, tmp_path):
+    # Only reachable with training.resume_allow_changes (training.deepspeed is a training-shaping option).
+    out = tmp_path / "run"
+    shutil.copytree(ds_runs(2) / "lora", out, ignore=shutil.ignore_patterns("final", "checkpoint-4"))
+    before = sorted(p.name for p in out.iterdir())
+    cfg = _config(dist_workspace, tmp_path, resume="2", resume_allow_changes=True, batch_size=2)
+    cfg["method"] = {"name": "lora", "lora": {"dropout": 0.0}}
+    cfg["output"]["dir"] = str(out)
+    with pytest.raises(ConfigError, match="without DeepSpeed: a DeepSpeed run wrote it .*global_step"):
+        run_training(load_config(cfg), quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == before
+    # The other way round (checked here directly: a DeepSpeed run would start a process group in this process).
+    with pytest.raises(ConfigError, match="with training.deepspeed: it was written without DeepSpeed"):
+        check_resume_engine(dist_runs("single") / "lora" / "checkpoint-2", str(OFFICIAL / "ds_zero_2.json"))
+    check_resume_engine(ds_runs(3) / "lora" / "checkpoint-2", str(OFFICIAL / "ds_zero_3.json"))

@@ -74,6 +74,22 @@ def one_process_environment() -> None:
         os.environ.setdefault(name, value)
 
 
+def check_resume_engine(checkpoint: Path | None, deepspeed: str | None) -> None:
+    """Refuse resuming across DeepSpeed and no DeepSpeed (only possible with training.resume_allow_changes): the
+    optimizer state is in DeepSpeed's ``global_stepN/`` or in ``optimizer.pt``, never both."""
+    if checkpoint is None:
+        return
+    written_by_deepspeed = (checkpoint / "latest").is_file() or any(checkpoint.glob("global_step*"))
+    if written_by_deepspeed and not deepspeed:
+        raise ConfigError(f"cannot resume from {checkpoint} without DeepSpeed: a DeepSpeed run wrote it (its optimizer "
+                          "state is in global_step*/); resume with the training.deepspeed config that wrote it, or "
+                          "start fresh in another output.dir", key="training.deepspeed")
+    if deepspeed and not written_by_deepspeed:
+        raise ConfigError(f"cannot resume from {checkpoint} with training.deepspeed: it was written without DeepSpeed "
+                          "(no global_step*/ in it); resume without training.deepspeed, as the run that wrote it, or "
+                          "start fresh in another output.dir", key="training.deepspeed")
+
+
 def needs_cpu_adam(config: dict) -> bool:
     """Whether DeepSpeed will build its C++ CPU Adam for this config: an Adam-type optimizer section with the
     optimizer state offloaded to the CPU (the official ds_zero_3.json), as DeepSpeed's engine decides."""

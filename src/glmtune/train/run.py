@@ -23,7 +23,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback as H
 from ..config import ConfigError, TrainConfig, missing_model_message, save_config
 from ..files import apply_umask
 from .callbacks import JsonlLogCallback, OfficialEvalSchedule, ProgressCallback, StopOnSignalCallback
-from .deepspeed import gather_zero3_trained, is_zero3, load_zero3_base, zero3_enabled
+from .deepspeed import check_resume_engine, gather_zero3_trained, is_zero3, load_zero3_base, zero3_enabled
 from .distributed import ShardPlan, gather_trained, is_sharded, meta_model, shard, shard_plan, unsharded_copy
 from .evaluation import GenerationEval, eval_settings
 from .guards import LossGuard
@@ -227,6 +227,7 @@ def _open_run(cfg: TrainConfig, quiet: bool, config_file: Path | None = None) ->
             if args.should_save:
                 claim_run_names(out)
             if run.resume_from is not None:
+                check_resume_engine(run.resume_from, cfg.training.deepspeed)  # before anything is recorded
                 changes = check_resume_config(cfg, run.resume_from, write=args.should_save)
                 changes += check_resume_data(cfg, run.resume_from, write=args.should_save)
                 if changes:

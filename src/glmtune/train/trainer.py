@@ -12,7 +12,10 @@ What the subclass changes, and why:
 * a non-finite loss stops the run at the step it happens, with the likely cause;
 * evaluation adds generation metrics (ROUGE/BLEU) to the eval loss;
 * real (non-padding) tokens are counted for the tokens/s figure;
-* the training loss computes logits only where labels are (:mod:`.loss`).
+* the training loss computes logits only where labels are (:mod:`.loss`; transformers' own loss under
+  DeepSpeed ZeRO-3, whose per-module gathering allows one ``lm_head`` call per forward);
+* under ZeRO-3 ``save_model`` has the method save the trained weights gathered one at a time
+  (:mod:`.deepspeed`), rather than HF's consolidated state dict of the whole model.
 
 Private ``Trainer`` members this touches, each because upstream offers no public hook for it:
 ``_save`` (where ``save_model`` writes weights: the method's files, not the whole model),
