@@ -47,8 +47,8 @@ def test_two_deepspeed_processes_train_as_one_process(dist_runs, ds_runs, stage,
 @pytest.mark.parametrize("method", METHODS)
 def test_resume_from_a_deepspeed_checkpoint_is_exact(ds_runs, stage, method):
     runs = ds_runs(stage)
-    # ZeRO-2 steps with torch's AdamW: bit for bit. ds_zero_3.json steps with DeepSpeed's C++ CPU Adam, whose update
-    # after reloading its state rounds differently in the last bit (observed: at most 1.4e-7 in weights ~0.1-1).
+    # ZeRO-2 steps with torch's AdamW: bit for bit. ds_zero_3.json steps with DeepSpeed's C++ CPU Adam; after a reload
+    # its updates differ in the last float bit (observed: at most 1.4e-7 in weights ~0.1-1; cause not traced).
     assert_same_training(runs / method, runs / f"{method}-resumed", tol=1e-7 if stage == 2 else 1e-6)
 
 
