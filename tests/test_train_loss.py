@@ -134,3 +134,25 @@ def test_bf16_fused_loss_matches_the_float32_computation():
     (ref_grad,) = torch.autograd.grad(reference, [ref_hidden])
     assert torch.allclose(loss, reference, rtol=1e-3)
     assert grad.dtype == torch.bfloat16 and torch.allclose(grad.float(), ref_grad, atol=2e-2)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_one_head_call_loss_equals_the_fused_loss_with_lm_head_run_once(method):
+    """DeepSpeed ZeRO-3 allows one lm_head call per forward: that path computes the same loss and gradients."""
+    options = {"lora": {"dropout": 0.0}}.get(method)
+    model = prepare(glmtune.load_model("tiny", dtype="fp32"), method, options).model.train()
+    head, batch = find_lm_head(model), _batch()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    fused = answer_only_loss(model, head, batch)
+    fused_grads = torch.autograd.grad(fused, trained)
+    calls = []
+    counter = head.register_forward_hook(lambda _m, _a, out: calls.append(tuple(out.shape)))
+    try:
+        once = answer_only_loss(model, head, batch, one_head_call=True)
+    finally:
+        counter.remove()
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert calls == [(labelled, head.out_features)]  # one call, on the labelled rows only
+    assert abs(once.item() - fused.item()) <= 1e-5
+    for a, b in zip(torch.autograd.grad(once, trained), fused_grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)

@@ -35,11 +35,14 @@ def find_lm_head(model: torch.nn.Module) -> torch.nn.Module:
     return find_glm(model).lm_head
 
 
-def answer_only_loss(model, lm_head: torch.nn.Module, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+def answer_only_loss(model, lm_head: torch.nn.Module, inputs: dict, num_items_in_batch=None,
+                     one_head_call: bool = False) -> torch.Tensor:
     """Loss of ``model`` on ``inputs`` (which hold ``labels``), computing logits at labelled positions only.
 
     Normalised by ``num_items_in_batch`` when given (gradient accumulation
-    across batches), else by this batch's labelled tokens.
+    across batches), else by this batch's labelled tokens. ``one_head_call``: ``lm_head`` runs once, inside
+    the forward, on the labelled rows (their logits exist whole, no chunking): for DeepSpeed ZeRO-3, which
+    gathers a module's partitioned weight once per forward and releases it once per backward.
     """
     inputs = dict(inputs)
     targets = shifted_targets(inputs.pop("labels"))
@@ -52,12 +55,23 @@ def answer_only_loss(model, lm_head: torch.nn.Module, inputs: dict, num_items_in
         captured.append(args[0][keep])
         return (args[0][:0, :0] if args[0].dim() == 3 else args[0][:0],)
 
-    handle = lm_head.register_forward_pre_hook(capture)
+    def labelled_rows(_module, args):
+        return (args[0][keep],)
+
+    def logits_of(_module, _args, output):
+        captured.append(output)
+
+    handles = ([lm_head.register_forward_pre_hook(labelled_rows), lm_head.register_forward_hook(logits_of)]
+               if one_head_call else [lm_head.register_forward_pre_hook(capture)])
     try:
         model(**inputs)
     finally:
-        handle.remove()
-    loss = linear_cross_entropy_sum(captured[0], lm_head, targets[keep])
+        for handle in handles:
+            handle.remove()
+    if one_head_call:
+        loss = F.cross_entropy(captured[0].float(), targets[keep], reduction="sum")
+    else:
+        loss = linear_cross_entropy_sum(captured[0], lm_head, targets[keep])
     if num_items_in_batch is None:
         return loss / keep.sum().clamp(min=1)
     if torch.is_tensor(num_items_in_batch):

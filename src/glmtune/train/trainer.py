@@ -12,8 +12,8 @@ What the subclass changes, and why:
 * a non-finite loss stops the run at the step it happens, with the likely cause;
 * evaluation adds generation metrics (ROUGE/BLEU) to the eval loss;
 * real (non-padding) tokens are counted for the tokens/s figure;
-* the training loss computes logits only where labels are (:mod:`.loss`; transformers' own loss under
-  DeepSpeed ZeRO-3, whose per-module gathering allows one ``lm_head`` call per forward);
+* the training loss computes logits only where labels are (:mod:`.loss`; under DeepSpeed ZeRO-3, whose
+  per-module gathering allows one ``lm_head`` call per forward, in that one call, unchunked);
 * under ZeRO-3 ``save_model`` has the method save the trained weights gathered one at a time
   (:mod:`.deepspeed`), rather than HF's consolidated state dict of the whole model.
 
@@ -116,15 +116,15 @@ class GlmTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Training loss with logits only at labelled positions (:mod:`.loss`); evaluation unchanged."""
         if (return_outputs or "labels" not in inputs or not model.training or self.label_smoother is not None
-                or self.args.n_gpu > 1 or self.zero3):
+                or self.args.n_gpu > 1):
             # n_gpu > 1 is nn.DataParallel (several GPUs without torchrun): its replicas share the lm_head
             # hook, so each thread would see the whole batch's mask. transformers' own loss handles it.
-            # ZeRO-3 gathers each module's partition once per forward and releases it once per backward: the
-            # second lm_head call below breaks that bookkeeping ("active_backward_submodules is empty").
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None  # HF then divides by the accumulation steps itself
-        loss = answer_only_loss(model, self.lm_head, inputs, num_items_in_batch)
+        # ZeRO-3 gathers each module's partition once per forward and releases it once per backward: a second
+        # lm_head call after the forward breaks that bookkeeping ("active_backward_submodules is empty").
+        loss = answer_only_loss(model, self.lm_head, inputs, num_items_in_batch, one_head_call=self.zero3)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch is summed over processes and DDP averages gradients: as HF does.
             loss = loss * self.accelerator.num_processes
