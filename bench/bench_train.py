@@ -83,16 +83,20 @@ def synthetic_samples(n: int, vocab: int, seed: int = 0) -> list[dict]:
     return samples
 
 
-def build_model(checkpointing: bool = False, packed_attention: bool = False):
+def build_model(checkpointing: bool = False, packed_attention: bool = False, official: bool = False):
+    """The benchmark model; ``official``: checkpointing recomputes everything, as the official script's does."""
     from glmtune import load_model
     from glmtune.methods import prepare
+    from glmtune.models.checkpointing import checkpointing_kwargs
     from glmtune.models.packed_attention import enable_packed_attention
 
     model = load_model("chatglm3-bench", dtype="fp16", seed=0).float()  # fp16 storage, trained in fp32 on CPU
     model.config.use_cache = False
     model = prepare(model, "lora", {"r": 8, "alpha": 32, "dropout": 0.1, "target": "qkv"}).model
     if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        # glmtune's checkpointing keeps each layer's attention output (selective); the official recomputes all.
+        kwargs = {"use_reentrant": False} if official else checkpointing_kwargs()
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     if packed_attention:
         enable_packed_attention(model)
     return model
@@ -129,22 +133,28 @@ def train_step(model, lm_head, opt, mode: str, inputs: dict) -> tuple[float, int
 
 
 def run_modes(modes: list[str], steps: int, batch: int, checkpointing: bool, attention: str) -> dict:
-    """``steps`` steps of each mode, taken in turn (mode A step 1, mode B step 1, ...) on one model.
+    """``steps`` steps of each mode, taken in turn (mode A step 1, mode B step 1, ...).
 
     Interleaving step by step makes the modes share whatever else the machine runs, so their ratios
-    hold on a busy machine; per-step times and real tokens per mode, and the process's peak RSS.
+    hold on a busy machine; per-step times and real tokens per mode, and the process's peak RSS. The
+    official computation trains its own copy (the same weights) with the official checkpointing.
     """
     from glmtune.train.loss import find_lm_head
 
-    model = build_model(checkpointing, packed_attention=attention == "per-sample").train()
-    lm_head = find_lm_head(model)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    def trainer(official: bool):
+        model = build_model(checkpointing, packed_attention=attention == "per-sample" and not official,
+                            official=official).train()
+        return model, find_lm_head(model), torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    kinds = {m: parse_mode(m)[0] == "padded-full-logits" for m in modes}
+    trainers = {official: trainer(official) for official in sorted(set(kinds.values()))}
     samples = synthetic_samples(2000, 65024)
     feeds = {m: batches(parse_mode(m)[0], samples, batch) for m in modes}
     out = {m: {"mode": m, "times": [], "real": []} for m in modes}
     for _ in range(steps):
         for m in modes:
             mode, every = parse_mode(m)
+            model, lm_head, opt = trainers[kinds[m]]
             if checkpointing:
                 checkpoint_layers(model, 1 if every is None else every)
             seconds, real = train_step(model, lm_head, opt, mode, next(feeds[m]))

@@ -52,6 +52,7 @@ def build(bits: int | None, every: int = 1, compiled: bool = False, packed: bool
     import torch
     from glmtune.methods import prepare
     from glmtune.methods.quantize import quantize_model
+    from glmtune.models.checkpointing import checkpointing_kwargs
     from glmtune.models.loading import random_model
 
     # QLoRA: built in CPU memory and quantized layer by layer onto the GPU, as glmtune train does.
@@ -63,7 +64,7 @@ def build(bits: int | None, every: int = 1, compiled: bool = False, packed: bool
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs(),
                                           every_n_layers=every)
     if packed:
         from glmtune.models.packed_attention import enable_packed_attention

@@ -37,6 +37,7 @@ from .trainer import WRITE_ERRORS, GlmTrainer, TrainingError, save_failure, writ
 from ..data import prepare_splits, make_collator, training_dataset
 from ..methods import prepare, format_parameter_counts, trainable_parameter_counts
 from ..models import SHAPES, write_generation_config
+from ..models.checkpointing import checkpointing_kwargs
 from ..models.packed_attention import enable_packed_attention
 from ..families import load_tokenizer
 
@@ -104,8 +105,8 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
     if cfg.data.packs:  # packed rows: causal attention per sample, no dense (L x L) mask
         enable_packed_attention(prepared.model)
     if cfg.training.gradient_checkpointing:
-        # Non-reentrant: exact for every method (P-Tuning included) with no input-grad hook needed.
-        kwargs = {"use_reentrant": False}
+        # Non-reentrant and selective: the recompute keeps each layer's attention output (.models.checkpointing).
+        kwargs = checkpointing_kwargs()
         prepared.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
                                                        every_n_layers=cfg.training.checkpoint_every_n_layers)
     if cfg.training.offload_activations:
