@@ -8,7 +8,8 @@ the official 14082 MiB, real tokens/s, and MFU against the measured bf16 matmul 
 estimate for the same setup. Variants: ``lora`` (padded batches, as the official script), ``lora-packed``
 (glmtune's default: packed rows, attention per sample), ``lora-packed-compiled`` (the same with each layer's
 MLP and norms through ``torch.compile``, dynamic shapes: the attention's per-sample split stays eager),
-``lora-packed-every2`` (``training.checkpoint_every_n_layers=2``) and ``qlora4``. Budget: about 6 minutes for
+``lora-packed-every2`` (``training.checkpoint_every_n_layers=2``), ``lora-packed-keep-attention``
+(``training.checkpoint_keep_attention=true``: is it worth its memory on a GPU?) and ``qlora4``. Budget: about 6 minutes for
 all on an H100-class GPU::
 
     python bench/gpu_memory.py                  # every variant, 3 warm-up + 8 timed steps each
@@ -45,10 +46,10 @@ def matmul_peak_tflops(n: int = 8192, repeat: int = 20) -> float:
     return 2 * n**3 * repeat / (time.perf_counter() - start) / 1e12
 
 
-VARIANTS = ("lora", "lora-packed", "lora-packed-compiled", "lora-packed-every2", "qlora4")
+VARIANTS = ("lora", "lora-packed", "lora-packed-keep-attention", "lora-packed-compiled", "lora-packed-every2", "qlora4")
 
 
-def build(bits: int | None, every: int = 1, compiled: bool = False, packed: bool = False):
+def build(bits: int | None, every: int = 1, compiled: bool = False, packed: bool = False, keep: bool = False):
     import torch
     from glmtune.methods import prepare
     from glmtune.methods.quantize import quantize_model
@@ -64,7 +65,7 @@ def build(bits: int | None, every: int = 1, compiled: bool = False, packed: bool
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs(),
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing_kwargs(keep),
                                           every_n_layers=every)
     if packed:
         from glmtune.models.packed_attention import enable_packed_attention
@@ -86,7 +87,7 @@ def run_one(variant: str, steps: int, warmup: int) -> dict:
     bits = 4 if variant == "qlora4" else None
     packed = "packed" in variant
     model = build(bits, every=2 if variant.endswith("every2") else 1, compiled="compiled" in variant,
-                  packed=packed).train()
+                  packed=packed, keep="keep-attention" in variant).train()
     n_params = sum(p.numel() for p in model.parameters())
     head = find_lm_head(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -42,10 +42,35 @@ def _step(method: str, kwargs: dict | None):
 def test_the_recompute_keeps_attention_outputs_and_gradients_are_unchanged(method):
     layers = glmtune.load_model("tiny", dtype="fp32").config.num_hidden_layers
     plain_runs, plain_loss, plain_grads = _step(method, None)
-    full_runs, _, _ = _step(method, {"use_reentrant": False})
+    full_runs, _, _ = _step(method, checkpointing_kwargs(keep=False))
     kept_runs, kept_loss, kept_grads = _step(method, checkpointing_kwargs())
     assert plain_runs == layers and full_runs == 2 * layers  # plain recompute runs every kernel again
     assert kept_runs == layers  # glmtune's runs each attention kernel once
     assert kept_loss == plain_loss
     for a, b in zip(kept_grads, plain_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+def test_keeping_attention_is_on_for_cpu_runs_and_off_on_gpus_unless_set():
+    from glmtune.config import load_config
+    from glmtune.config.schema import keeps_attention
+
+    def training(*overrides):
+        data = {"model": {"path": "tiny"}, "data": {"train_file": "t.jsonl"}}
+        return load_config(data, list(overrides), check_files=False).training
+
+    assert keeps_attention(training(), "cpu") and not keeps_attention(training(), "cuda")
+    assert keeps_attention(training("training.checkpoint_keep_attention=true"), "cuda")
+    assert not keeps_attention(training("training.checkpoint_keep_attention=false"), "cpu")
+
+
+def test_the_planner_counts_kept_attention_outputs():
+    from dataclasses import replace
+
+    from glmtune.train.plan import Setup, estimate, model_shape
+
+    shape = model_shape("chatglm3-6b")
+    setup = Setup(batch=4, length=769, answer_length=512, checkpointing=True)
+    extra = estimate(shape, replace(setup, keep_attention=True)).activations - estimate(shape, setup).activations
+    # bf16 attention output (4096 values) + float32 log-sum-exp (32 heads) per token, in each of the 28 layers
+    assert extra == 28 * 4 * 769 * (2 * 4096 + 4 * 32)

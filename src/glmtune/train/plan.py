@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import ConfigError, TrainConfig
+from ..config.schema import keeps_attention
 from ..models import SHAPES
 
 GIB = 1024**3
@@ -133,6 +134,7 @@ class Setup:
     answer_length: int = 512
     checkpointing: bool = False
     checkpoint_every: int = 1  # with checkpointing: every N-th layer is checkpointed
+    keep_attention: bool = False  # with checkpointing: each checkpointed layer also keeps its attention output
     offload: bool = False
     device: str = "cuda"
 
@@ -160,6 +162,7 @@ def setup_from_config(cfg: TrainConfig) -> Setup:
                  optim=cfg.training.optim, batch=cfg.training.batch_size, length=length, answer_length=min(answer, length),
                  checkpointing=cfg.training.gradient_checkpointing, offload=cfg.training.offload_activations,
                  checkpoint_every=cfg.training.checkpoint_every_n_layers,
+                 keep_attention=keeps_attention(cfg.training, "cpu" if on_cpu else "cuda"),
                  device="cpu" if on_cpu else "cuda", **extra)
 
 
@@ -221,8 +224,10 @@ def activation_bytes(shape: Shape, s: Setup, checkpointing: bool) -> float:
     inputs = a * shape.hidden * tokens
     if checkpointing:
         checkpointed = -(-shape.layers // max(1, s.checkpoint_every))
-        kept = checkpointed * inputs + (shape.layers - checkpointed) * per_layer + 2 * per_layer  # + one recomputed
-        # layer and its gradients
+        # A checkpointed layer keeps its input (and its attention output + log-sum-exp: models/checkpointing.py).
+        attention = (a * shape.heads * shape.head_dim + 4 * shape.heads) * tokens * s.keep_attention
+        kept = checkpointed * (inputs + attention) + (shape.layers - checkpointed) * per_layer + 2 * per_layer
+        # + one recomputed layer and its gradients
     else:
         kept = shape.layers * per_layer + per_layer  # plus the gradients flowing through the last layer
     if s.offload:

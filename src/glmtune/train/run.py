@@ -21,6 +21,7 @@ from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
 
 from ..config import ConfigError, TrainConfig, missing_model_message, save_config
+from ..config.schema import keeps_attention
 from ..files import apply_umask
 from .callbacks import JsonlLogCallback, OfficialEvalSchedule, ProgressCallback, StopOnSignalCallback
 from .deepspeed import check_resume_engine, gather_zero3_trained, is_zero3, load_zero3_base, zero3_enabled
@@ -105,8 +106,8 @@ def load_prepared(cfg: TrainConfig, precision: Precision, tokenizer, device: str
     if cfg.data.packs:  # packed rows: causal attention per sample, no dense (L x L) mask
         enable_packed_attention(prepared.model)
     if cfg.training.gradient_checkpointing:
-        # Non-reentrant and selective: the recompute keeps each layer's attention output (.models.checkpointing).
-        kwargs = checkpointing_kwargs()
+        # Non-reentrant; where chosen, the recompute keeps each layer's attention output (.models.checkpointing).
+        kwargs = checkpointing_kwargs(keeps_attention(cfg.training, precision.device))
         prepared.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
                                                        every_n_layers=cfg.training.checkpoint_every_n_layers)
     if cfg.training.offload_activations:
