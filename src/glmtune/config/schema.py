@@ -425,18 +425,23 @@ def check_deepspeed(path: str | None) -> None:
         deepspeed_stage(path)
 
 
-def deepspeed_stage(path: str) -> int:
-    """``zero_optimization.stage`` of a DeepSpeed JSON config (0 when it has none)."""
-
+def read_deepspeed_config(path: str) -> dict:
+    """A DeepSpeed JSON config, or one ConfigError naming the file and the fix."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except OSError as exc:
         raise ConfigError(f"training.deepspeed {path}: cannot read the DeepSpeed config ({exc.strerror}); "
                           "fix the path (relative paths: the config file's folder, or the working "
                           "directory for command-line overrides)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"training.deepspeed {path}: not valid JSON ({exc})") from None
+
+
+def deepspeed_stage(path: str, data=None) -> int:
+    """``zero_optimization.stage`` of a DeepSpeed JSON config (0 when it has none); ``data``: the file, already read."""
+    if data is None:
+        data = read_deepspeed_config(path)
     zero = data.get("zero_optimization", {}) if isinstance(data, dict) else None
     stage = zero.get("stage", 0) if isinstance(zero, dict) else None
     if not isinstance(stage, int) or isinstance(stage, bool):

@@ -20,7 +20,6 @@ only does what building models itself requires:
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import warnings
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
-from ..config.schema import deepspeed_stage
+from ..config.schema import deepspeed_stage, read_deepspeed_config
 from ..models import SHAPES, shape_config
 from ..models.checkpoint import weight_files
 from ..models.loading import (PREFIX_ENCODER_KEYS, check_layer_count, load_weights, model_class, prefix_length,
@@ -43,13 +42,14 @@ def check_deepspeed_run(cfg) -> None:
     path = cfg.training.deepspeed
     if not path:
         return
-    if deepspeed_stage(path) == 3 and cfg.model.quantization.bits:
+    config = read_deepspeed_config(path)
+    if deepspeed_stage(path, config) == 3 and cfg.model.quantization.bits:
         # bitsandbytes' packed 4/8-bit weights are not partitioned by zero.Init (transformers skips it for
         # quantized models too), so every rank would hold the whole quantized base anyway.
         raise ConfigError(f"training.deepspeed {path}: ZeRO-3 cannot partition a quantized base "
                           "(model.quantization, QLoRA); use a ZeRO-2 config (ds_zero_2.json) or plain torchrun (DDP) "
                           "with QLoRA, or LoRA without model.quantization under ZeRO-3", key="training.deepspeed")
-    check_cpu_adam(path)
+    check_cpu_adam(path, config)
     one_process_environment()
     # DeepSpeed 0.19 calls torch collectives torch 2.13 deprecated, and the warning repeats for every call (hundreds
     # of lines per step); nothing a user can act on.
@@ -100,11 +100,10 @@ def needs_cpu_adam(config: dict) -> bool:
     return offload and kind in ("adam", "adamw")
 
 
-def check_cpu_adam(path: str) -> None:
+def check_cpu_adam(path: str, config: dict | None = None) -> None:
     """Build (or find built) DeepSpeed's ``cpu_adam`` op now when the config needs it, so that a machine that
     cannot compile it fails here, before the model loads, naming the ways out (rather than in the engine start)."""
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_deepspeed_config(path) if config is None else config
     if not needs_cpu_adam(config):
         return
     from deepspeed.ops.op_builder import CPUAdamBuilder  # deferred: deepspeed is an optional, heavy import

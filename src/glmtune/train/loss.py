@@ -110,25 +110,24 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        # One logits buffer for all chunks, written in place (``out=``) where the dtypes allow: a fresh
-        # (chunk x 65k) result per chunk costs its page faults again each time (on CPU the output layer's
-        # matmul then ran at a third of its speed), and the previous chunk's would still be alive.
+        # One logits buffer for all chunks, written in place (``out=``) where the dtypes allow (not in half
+        # precision or under autocast): a fresh (chunk x 65k) result per chunk would keep the previous chunk's
+        # alive and pay its page faults again (in isolation on CPU, a third of the matmul's speed).
         in_place = hidden.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(hidden.device.type)
         buffer = hidden.new_empty((min(chunk_size, hidden.shape[0]), weight.shape[0]), dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
-            t = targets[start:start + chunk_size]
-            logits = buffer[: h.shape[0]]
+            logits, rows = buffer[: h.shape[0]], slice(start, start + chunk_size)
             if in_place:
                 torch.mm(h, weight.t(), out=logits)
             else:
                 logits.copy_(h @ weight.t())
-            total += _cross_entropy_grad_(logits, t)
-            grad_logits = logits if in_place else logits.to(h.dtype)
+            total += _cross_entropy_grad_(logits, targets[rows])
+            grad_logits = logits.to(h.dtype)  # no copy in float32
             if in_place:
-                torch.mm(grad_logits, weight, out=grad_hidden[start:start + chunk_size])
+                torch.mm(grad_logits, weight, out=grad_hidden[rows])
             else:
-                grad_hidden[start:start + chunk_size] = grad_logits @ weight
+                grad_hidden[rows] = grad_logits @ weight
             if grad_weight is not None:
                 grad_weight += (grad_logits.t() @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight if grad_weight is not None else torch.empty(0))
