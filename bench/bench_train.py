@@ -12,7 +12,8 @@ Modes: ``padded-full-logits`` is the official computation (right-padded batches,
 logits at every position); ``padded`` is glmtune's training loss (logits only where
 labels are, :mod:`glmtune.train.loss`) on the same batches; ``packed`` is glmtune's
 default: rows of max_input + max_output + 1 = 769 tokens (``batch`` rows a step),
-attention per sample (:mod:`glmtune.models.packed_attention`). ``MODE@N`` checkpoints only every N-th
+attention per sample (:mod:`glmtune.models.packed_attention`), in glmtune's order of steps of balanced
+work (:mod:`glmtune.data.sampler`); ``packed-shuffled`` takes the same rows in a plain shuffled order. ``MODE@N`` checkpoints only every N-th
 layer (``training.checkpoint_every_n_layers``; ``@0``: no checkpointing); the official computation always
 checkpoints every layer.
 
@@ -28,6 +29,7 @@ fresh process::
     python bench/bench_train.py --mode packed --steps 30 # one mode, this process
     python bench/bench_train.py --mode losses            # padded vs packed per-token losses
     python bench/bench_train.py --modes padded-full-logits,packed,packed@2,packed@0  # checkpointing choices
+    python bench/bench_train.py --modes packed,packed-shuffled  # balanced steps vs a plain shuffle of the rows
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import time
 import numpy as np
 import torch
 
-MODES = ("padded-full-logits", "padded", "packed")
+MODES = ("padded-full-logits", "padded", "packed", "packed-shuffled")
 DEFAULT_MODES = ("padded-full-logits", "padded", "packed", "packed@2")
 
 
@@ -102,15 +104,21 @@ def build_model(checkpointing: bool = False, packed_attention: bool = False, off
     return model
 
 
-def batches(mode: str, samples: list[dict], batch: int, seed: int = 0):
-    """The batches ``glmtune train`` would feed, in a seeded shuffled order (the Trainer's random sampler)."""
+def batches(mode: str, samples: list[dict], batch: int, seed: int = 0, weight: float = 1.0):
+    """The batches ``glmtune train`` would feed: padded samples in a seeded shuffled order (the Trainer's
+    random sampler), packed rows in glmtune's order of balanced steps (``weight``: a labelled token's
+    extra cost, :func:`glmtune.data.sampler.labelled_weight`), ``packed-shuffled`` in a plain shuffle."""
     from glmtune.data.collate import PackedCollator, PackedDataset, PaddedCollator
+    from glmtune.data.sampler import BalancedSampler, row_work
 
-    if mode == "packed":
+    if mode.startswith("packed"):
         items, collate = PackedDataset(samples, 769), PackedCollator()
     else:
         items, collate = samples, PaddedCollator()
-    order = np.random.default_rng(seed).permutation(len(items)).tolist()
+    if mode == "packed":
+        order = list(BalancedSampler(row_work(items.tokens, items.labelled, weight), batch, seed=seed))
+    else:
+        order = np.random.default_rng(seed).permutation(len(items)).tolist()
     for i in range(0, len(order) - batch + 1, batch):
         yield collate([items[j] for j in order[i:i + batch]])
 
@@ -139,6 +147,8 @@ def run_modes(modes: list[str], steps: int, batch: int, checkpointing: bool, att
     hold on a busy machine; per-step times and real tokens per mode, and the process's peak RSS. The
     official computation trains its own copy (the same weights) with the official checkpointing.
     """
+    from glmtune.data.sampler import labelled_weight
+    from glmtune.methods import trainable_parameter_counts
     from glmtune.train.loss import find_lm_head
 
     def trainer(official: bool):
@@ -149,7 +159,9 @@ def run_modes(modes: list[str], steps: int, batch: int, checkpointing: bool, att
     kinds = {m: parse_mode(m)[0] == "padded-full-logits" for m in modes}
     trainers = {official: trainer(official) for official in sorted(set(kinds.values()))}
     samples = synthetic_samples(2000, 65024)
-    feeds = {m: batches(parse_mode(m)[0], samples, batch) for m in modes}
+    weight = labelled_weight(find_lm_head(trainers[False][0]).weight.numel(),
+                             trainable_parameter_counts(trainers[False][0])[1]) if False in trainers else 1.0
+    feeds = {m: batches(parse_mode(m)[0], samples, batch, weight=weight) for m in modes}
     out = {m: {"mode": m, "times": [], "real": []} for m in modes}
     for _ in range(steps):
         for m in modes:

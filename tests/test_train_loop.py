@@ -268,3 +268,22 @@ def test_checkpointing_every_n_layers_checkpoints_those_layers_and_trains_the_sa
         assert abs(x - y) <= 1e-6
     with pytest.raises(ConfigError, match="training.checkpoint_every_n_layers must be > 0"):
         _cfg(workdir, tmp_path / "c", **{"training.checkpoint_every_n_layers": 0})
+
+
+class _SamplerSeen(TrainerCallback):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.sampler = train_dataloader.batch_sampler.sampler
+
+
+def test_packed_rows_train_in_balanced_steps_padded_samples_in_the_official_random_order(workdir, tmp_path):
+    from glmtune.data.sampler import BalancedSampler
+
+    packed, padded = _SamplerSeen(), _SamplerSeen()
+    run_training(_cfg(workdir, tmp_path / "a", **{"training.max_steps": 1, "training.gradient_accumulation_steps": 2}),
+                 quiet=True, callbacks=[packed])
+    run_training(_cfg(workdir, tmp_path / "b", **{"training.max_steps": 1, "data.packing": "false"}),
+                 quiet=True, callbacks=[padded])
+    assert isinstance(packed.sampler, BalancedSampler) and not isinstance(padded.sampler, BalancedSampler)
+    # One optimizer step is 4 rows x 2 accumulated batches, seeded by training.seed.
+    assert (packed.sampler.batch, packed.sampler.batches, packed.sampler.seed) == (4, 2, 3)
+    assert len(packed.sampler.work) == len(packed.sampler) > 0 and sorted(packed.sampler) == list(range(len(packed.sampler)))

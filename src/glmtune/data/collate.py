@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .chat_format import IGNORE_INDEX
@@ -116,6 +117,12 @@ class PackedDataset:
         lengths = dataset.lengths() if hasattr(dataset, "lengths") else [len(s["input_ids"]) for s in dataset]
         self.dataset, self.max_length = dataset, max_length
         self.rows = pack([int(n) for n in lengths], max_length)
+        labelled = dataset.labelled() if hasattr(dataset, "labelled") else [
+            sum(label != IGNORE_INDEX for label in _sample_parts(s)[1]) for s in dataset]
+        self.tokens = np.array([sum(int(lengths[j]) for j in row) for row in self.rows], dtype=np.int64)
+        """Tokens per row."""
+        self.labelled = np.array([sum(int(labelled[j]) for j in row) for row in self.rows], dtype=np.int64)
+        """Labelled tokens per row (what the output layer works on)."""
 
     def __len__(self) -> int:
         return len(self.rows)

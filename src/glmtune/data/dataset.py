@@ -8,6 +8,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .chat_format import IGNORE_INDEX
+
 FILES = ("input_ids.npy", "labels.npy", "offsets.npy")
 
 
@@ -61,6 +63,14 @@ class EncodedDataset:
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    def labelled(self) -> np.ndarray:
+        """Labelled tokens per sample, the first token left out (it is never predicted in a packed row)."""
+        mask = self.labels != IGNORE_INDEX
+        starts = self.offsets[:-1][self.lengths() > 0]
+        mask[starts] = False
+        seen = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+        return seen[self.offsets[1:]] - seen[self.offsets[:-1]]
 
     def save(self, folder: Path) -> None:
         for name, arr in zip(FILES, (self.input_ids, self.labels, self.offsets)):

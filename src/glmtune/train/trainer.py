@@ -24,7 +24,9 @@ Private ``Trainer`` members this touches, each because upstream offers no public
 folder while saving), ``_save_rng_state`` / ``_load_optimizer_and_scheduler`` (an FSDP2-sharded model, see
 :mod:`.distributed`: transformers saves only the model for it, so the sharded optimizer state, scheduler and RNG
 are written and read back here), ``_save_checkpoint`` (only wrapped: ``super()`` then commit, as trl's
-``SFTTrainer._save_checkpoint`` wraps it), ``_get_learning_rate`` (the rate in the non-finite-loss message).
+``SFTTrainer._save_checkpoint`` wraps it), ``_get_learning_rate`` (the rate in the non-finite-loss message),
+``_get_train_sampler`` (packed rows get :class:`~glmtune.data.sampler.BalancedSampler`; transformers' own
+``train_sampling_strategy`` choices are for padded samples and still apply when set).
 """
 
 from __future__ import annotations
@@ -45,13 +47,15 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from safetensors import SafetensorError
 
+from ..data import PackedDataset
+from ..data.sampler import BalancedSampler, labelled_weight, row_work
 from ..files import apply_umask
 from .layout import STATE_FILE as TRAINER_STATE_NAME
 from .deepspeed import is_zero3
 from .distributed import has_sharded_state, is_sharded, load_sharded_model, load_sharded_optimizer, save_sharded
 from .layout import TMP_PREFIX, checkpoints, commit_folder
 from .loss import answer_only_loss, find_lm_head
-from ..methods import MethodError
+from ..methods import MethodError, trainable_parameter_counts
 
 
 # What writing a checkpoint raises when the disk or folder fails: the OS's error, torch.save's RuntimeError
@@ -101,6 +105,18 @@ class GlmTrainer(Trainer):
         self.zero3 = is_zero3(self.model)
 
     # -- training --------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        """Packed rows in a random order with about the same work in every step (:mod:`glmtune.data.sampler`)."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not isinstance(dataset, PackedDataset) or self.args.train_sampling_strategy != "random":
+            return super()._get_train_sampler(train_dataset)
+        head = self.lm_head.weight
+        weight = labelled_weight(getattr(head, "ds_numel", None) or head.numel(),
+                                 trainable_parameter_counts(self.model)[1])
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return BalancedSampler(row_work(dataset.tokens, dataset.labelled, weight), self.args.train_batch_size,
+                               batches=self.args.gradient_accumulation_steps * self.args.world_size, seed=seed)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.real_tokens += count_real_tokens(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
