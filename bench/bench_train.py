@@ -8,14 +8,17 @@ checkpointing (the official script always enables it); 2000 synthetic single-tur
 records, prompt 10-200 and answer 20-400 tokens (log-normal), in a seeded shuffled
 order as the Trainer's sampler gives them.
 
-Modes: ``padded-full-logits`` is the official computation (right-padded batches,
-logits at every position); ``padded`` is glmtune's training loss (logits only where
-labels are, :mod:`glmtune.train.loss`) on the same batches; ``packed`` is glmtune's
-default: rows of max_input + max_output + 1 = 769 tokens (``batch`` rows a step),
-attention per sample (:mod:`glmtune.models.packed_attention`), in glmtune's order of steps of balanced
-work (:mod:`glmtune.data.sampler`); ``packed-shuffled`` takes the same rows in a plain shuffled order. ``MODE@N`` checkpoints only every N-th
-layer (``training.checkpoint_every_n_layers``; ``@0``: no checkpointing); the official computation always
-checkpoints every layer.
+Modes: ``padded-full-logits`` is the official computation: right-padded batches, logits at
+every position, and the loss as THUDM's ``modeling_chatglm.py`` takes it (the decoder's seq-first
+logits copied batch-first, cast to fp32, shifted by a second copy, mean cross entropy);
+``padded-hf-logits`` is the same with transformers' causal-LM loss, which copies nothing (the
+baseline before 2026-12-05); ``padded`` is glmtune's training loss (logits only where labels are,
+:mod:`glmtune.train.loss`) on the same batches; ``packed`` is glmtune's default: rows of max_input +
+max_output + 1 = 769 tokens (``batch`` rows a step), attention per sample
+(:mod:`glmtune.models.packed_attention`), in glmtune's order of steps of balanced work
+(:mod:`glmtune.data.sampler`); ``packed-shuffled`` takes the same rows in a plain shuffled order.
+``MODE@N`` checkpoints only every N-th layer (``training.checkpoint_every_n_layers``; ``@0``: no
+checkpointing); the official computation always checkpoints every layer.
 
 The default run takes the modes' steps in turn in one process (step 1 of each mode,
 then step 2, ...), so the modes share whatever else the machine runs and their
@@ -27,7 +30,7 @@ fresh process::
     python bench/bench_train.py --rss                    # all modes, interleaved
     python bench/bench_train.py --attention sdpa         # packed rows through a dense block mask (before)
     python bench/bench_train.py --mode packed --steps 30 # one mode, this process
-    python bench/bench_train.py --mode losses            # padded vs packed per-token losses
+    python bench/bench_train.py --mode losses            # padded vs packed per-token losses, both official losses
     python bench/bench_train.py --modes padded-full-logits,packed,packed@2,packed@0  # checkpointing choices
     python bench/bench_train.py --modes packed,packed-shuffled  # balanced steps vs a plain shuffle of the rows
 """
@@ -45,8 +48,9 @@ import time
 import numpy as np
 import torch
 
-MODES = ("padded-full-logits", "padded", "packed", "packed-shuffled")
-DEFAULT_MODES = ("padded-full-logits", "padded", "packed", "packed@2")
+MODES = ("padded-full-logits", "padded-hf-logits", "padded", "packed", "packed-shuffled")
+OFFICIAL = ("padded-full-logits", "padded-hf-logits")  # train the copy with the official full recompute
+DEFAULT_MODES = ("padded-full-logits", "padded-hf-logits", "padded", "packed", "packed@2")
 
 
 def parse_mode(spec: str) -> tuple[str, int | None]:
@@ -123,6 +127,22 @@ def batches(mode: str, samples: list[dict], batch: int, seed: int = 0, weight: f
         yield collate([items[j] for j in order[i:i + batch]])
 
 
+def official_loss(model, inputs: dict) -> torch.Tensor:
+    """The training loss as THUDM's ChatGLM3 ``modeling_chatglm.py`` computes it (same value as transformers')."""
+    from glmtune.models import find_glm
+
+    glm = find_glm(model)
+    hidden = glm.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                       position_ids=inputs["position_ids"], use_cache=False).last_hidden_state
+    # The official decoder's output is seq-first and contiguous ([S, B, H]; the copy here is hidden-sized).
+    logits = glm.lm_head(hidden.transpose(0, 1).contiguous())  # [S, B, V]
+    logits = logits.transpose(0, 1).contiguous().to(torch.float32)  # lm_logits.transpose(0, 1).contiguous()
+    shift_logits = logits[..., :-1, :].contiguous()
+    shift_labels = inputs["labels"][..., 1:].contiguous()
+    return torch.nn.functional.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1),
+                                             ignore_index=-100)
+
+
 def train_step(model, lm_head, opt, mode: str, inputs: dict) -> tuple[float, int]:
     """One optimizer step as ``glmtune train`` takes it; (seconds, real tokens)."""
     from glmtune.train.loss import answer_only_loss
@@ -131,6 +151,8 @@ def train_step(model, lm_head, opt, mode: str, inputs: dict) -> tuple[float, int
     inputs["use_cache"] = False
     start = time.perf_counter()
     if mode == "padded-full-logits":
+        loss = official_loss(model, inputs)
+    elif mode == "padded-hf-logits":
         loss = model(**inputs).loss
     else:
         loss = answer_only_loss(model, lm_head, inputs)
@@ -156,7 +178,7 @@ def run_modes(modes: list[str], steps: int, batch: int, checkpointing: bool, att
                             official=official).train()
         return model, find_lm_head(model), torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-    kinds = {m: parse_mode(m)[0] == "padded-full-logits" for m in modes}
+    kinds = {m: parse_mode(m)[0] in OFFICIAL for m in modes}
     trainers = {official: trainer(official) for official in sorted(set(kinds.values()))}
     samples = synthetic_samples(2000, 65024)
     weight = labelled_weight(find_lm_head(trainers[False][0]).weight.numel(),
@@ -203,8 +225,12 @@ def compare_losses(n: int = 4) -> None:
         logits = model(input_ids=pb["input_ids"], attention_mask=pb["attention_mask"],
                        position_ids=pb["position_ids"]).logits
         masked = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        official = official_loss(model, pb)
+        transformers_loss = model(**pb, use_cache=False).loss
         enable_packed_attention(model)
         per_sample = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+    print(f"loss, the official modeling code's path vs transformers': {float(official):.6f} vs "
+          f"{float(transformers_loss):.6f}")
     for name, plogits in (("dense block mask", masked), ("per-sample attention", per_sample)):
         worst, offset = 0.0, 0
         for i, s in enumerate(samples):
