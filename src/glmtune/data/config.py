@@ -68,8 +68,9 @@ class DataConfig:
     """right: cut over-long samples at the end (official); drop: leave them out (reported)."""
     packing: bool | None = None
     """Pack several samples into rows of ``pack_length`` tokens with no padding (position ids restart per sample,
-    no attention across samples). null (default): packed whenever a row length is known; false: the official
-    right-padded batches."""
+    no attention across samples; rows taken in a random order of steps of about equal work, see
+    :mod:`glmtune.data.sampler`). null (default): packed whenever a row length is known; false: the official
+    right-padded batches in the Trainer's random order."""
     pack_length: int | None = None
     """Row length for packing; defaults to ``max_seq_length`` or input+output+1."""
     skip_invalid: bool = False
@@ -152,7 +153,8 @@ class DataConfig:
         if self.packs:
             how = "by default" if self.packing is None else "data.packing=true"
             return (f"training batches: packed rows of {self.row_length} tokens, no padding, no attention across "
-                    f"samples ({how}; data.packing=false gives the official right-padded batches)")
+                    f"samples, steps of balanced work ({how}; data.packing=false gives the official right-padded "
+                    f"batches)")
         return "training batches: right-padded to the longest sample of each batch (data.packing=false)"
 
     @property
