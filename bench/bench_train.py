@@ -128,13 +128,18 @@ def batches(mode: str, samples: list[dict], batch: int, seed: int = 0, weight: f
 
 
 def official_loss(model, inputs: dict) -> torch.Tensor:
-    """The training loss as THUDM's ChatGLM3 ``modeling_chatglm.py`` computes it (same value as transformers')."""
+    """The training loss as THUDM's ChatGLM3 ``modeling_chatglm.py`` computes it (same value as transformers').
+
+    Timed in fp32, where the official ``.to(torch.float32)`` and the casts back are no-ops; in bf16/fp16 the
+    official code makes two more logits-sized copies.
+    """
     from glmtune.models import find_glm
 
     glm = find_glm(model)
     hidden = glm.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                        position_ids=inputs["position_ids"], use_cache=False).last_hidden_state
-    # The official decoder's output is seq-first and contiguous ([S, B, H]; the copy here is hidden-sized).
+    # The official decoder is seq-first throughout ([S, B, H], contiguous): this hidden-sized copy stands in for
+    # the one its embedding makes (transpose(0, 1).contiguous()), so the count of copies matches.
     logits = glm.lm_head(hidden.transpose(0, 1).contiguous())  # [S, B, V]
     logits = logits.transpose(0, 1).contiguous().to(torch.float32)  # lm_logits.transpose(0, 1).contiguous()
     shift_logits = logits[..., :-1, :].contiguous()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from glmtune.data import PackedCollator, PackedDataset
 from glmtune.data.dataset import EncodedDataset
@@ -52,8 +53,6 @@ def test_order_is_random_seeded_and_changes_with_the_epoch():
     assert list(BalancedSampler(work, 4, seed=2)) != first
     # Rows stay near where the random permutation put them: each comes within its window of 16 steps.
     positions = np.argsort(first)
-    import torch
-
     g = torch.Generator()
     g.manual_seed(1)
     drawn = torch.randperm(200, generator=g).tolist()

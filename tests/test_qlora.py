@@ -154,3 +154,12 @@ def test_8bit_optimizer_and_offloaded_activations_train_like_the_plain_run(ws, t
     losses = _losses(tmp_path / "8bit")
     assert losses[-1] < losses[0], losses
     assert eight.global_step == 3
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_parameter_counts_of_a_quantized_base_are_its_unquantized_sizes(ws, bits):
+    from glmtune.methods import trainable_parameter_counts
+
+    base = load_base(ws["model"])
+    assert trainable_parameter_counts(quantize_model(load_base(ws["model"]), bits=bits))[1] == \
+        trainable_parameter_counts(base)[1]

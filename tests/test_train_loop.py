@@ -287,3 +287,42 @@ def test_packed_rows_train_in_balanced_steps_padded_samples_in_the_official_rand
     # One optimizer step is 4 rows x 2 accumulated batches, seeded by training.seed.
     assert (packed.sampler.batch, packed.sampler.batches, packed.sampler.seed) == (4, 2, 3)
     assert len(packed.sampler.work) == len(packed.sampler) > 0 and sorted(packed.sampler) == list(range(len(packed.sampler)))
+
+
+def test_balanced_order_resumed_mid_epoch_on_two_processes_replays_that_epoch():
+    """accelerate's loader for process p of 2, as the Trainer builds it, resumed 3 batches into epoch 1."""
+    from accelerate.data_loader import prepare_data_loader, skip_first_batches
+    from torch.utils.data import DataLoader
+
+    from glmtune.data.sampler import BalancedSampler
+    from glmtune.train.trainer import expose_sampler
+
+    work = [float(1 + i % 7) for i in range(40)]
+
+    def loader(process):
+        plain = DataLoader(list(range(40)), batch_size=2, sampler=BalancedSampler(work, 2, batches=2, seed=4))
+        return expose_sampler(prepare_data_loader(plain, num_processes=2, process_index=process))
+
+    for process in (0, 1):
+        straight = loader(process)
+        straight.set_epoch(1)
+        epoch1 = [b.tolist() for b in straight]
+        resumed = skip_first_batches(loader(process), 3)
+        resumed.set_epoch(1)  # what the Trainer calls on the resumed loader
+        assert [b.tolist() for b in resumed] == epoch1[3:]
+        straight.set_epoch(0)
+        assert [b.tolist() for b in straight] != epoch1  # the epochs' orders differ, so the check above means it
+
+
+def test_step_geometry_follows_how_the_loader_is_split():
+    from types import SimpleNamespace
+
+    from glmtune.train.trainer import step_geometry
+
+    args = SimpleNamespace(world_size=2, gradient_accumulation_steps=3, per_device_train_batch_size=4,
+                           train_batch_size=4, n_gpu=1)
+    assert step_geometry(args, split_batches=False) == (4, 6)  # whole batches to the processes in turn
+    assert step_geometry(args, split_batches=True) == (2, 6)  # each batch sliced between the 2 processes
+    one_process_two_gpus = SimpleNamespace(world_size=1, gradient_accumulation_steps=1, per_device_train_batch_size=4,
+                                           train_batch_size=8, n_gpu=2)
+    assert step_geometry(one_process_two_gpus, split_batches=False) == (4, 2)  # nn.DataParallel halves each batch

@@ -90,9 +90,11 @@ def row_work(tokens: np.ndarray, labelled: np.ndarray, labelled_weight: float) -
 def labelled_weight(head_params: int, total_params: int) -> float:
     """Output-layer cost of a labelled token, in units of a token's cost through the rest of the model.
 
-    Per token the decoder runs forward, again in the checkpoint recompute, and backward for the input
-    gradient (about 3 x its weights in multiply-adds); a labelled token also runs the output layer
-    forward and backward (about 2 x its weights). The input embedding is a lookup, not counted.
+    An estimate for the common case, frozen weights with checkpointing (LoRA, P-Tuning, QLoRA): per token
+    the decoder runs forward, again in the recompute, and backward for the input gradient (about 3 x its
+    weights in multiply-adds); a labelled token also runs the output layer forward and backward (about 2 x
+    its weights). The input embedding is a lookup, not counted. Other setups shift the ratio by up to 1.5x;
+    it only steers which rows share a step, never what is computed.
     """
     body = max(total_params - 2 * head_params, 1)
     return 2 * head_params / (3 * body)

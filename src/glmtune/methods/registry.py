@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..version import __version__
@@ -133,11 +134,18 @@ def trainable_parameter_counts(model: nn.Module) -> tuple[int, int]:
         if id(param) in seen:
             continue
         seen.add(id(param))
-        count = getattr(param, "ds_numel", None) or param.numel()  # a ZeRO-3 partition: the whole tensor's size
+        # A ZeRO-3 partition: the whole tensor's size; a bitsandbytes 4-bit weight: its unpacked size.
+        count = getattr(param, "ds_numel", None) or _quantized_numel(param) or param.numel()
         total += count
         if param.requires_grad:
             trainable += count
     return trainable, total
+
+
+def _quantized_numel(param) -> int | None:
+    state = getattr(param, "quant_state", None)  # bitsandbytes Params4bit stores two 4-bit values per byte
+    shape = getattr(state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else None
 
 
 def format_parameter_counts(model: nn.Module) -> str:

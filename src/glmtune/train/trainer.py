@@ -26,7 +26,8 @@ folder while saving), ``_save_rng_state`` / ``_load_optimizer_and_scheduler`` (a
 are written and read back here), ``_save_checkpoint`` (only wrapped: ``super()`` then commit, as trl's
 ``SFTTrainer._save_checkpoint`` wraps it), ``_get_learning_rate`` (the rate in the non-finite-loss message),
 ``_get_train_sampler`` (packed rows get :class:`~glmtune.data.sampler.BalancedSampler`; transformers' own
-``train_sampling_strategy`` choices are for padded samples and still apply when set).
+``train_sampling_strategy`` choices are for padded samples and still apply when set), and the public
+``get_train_dataloader`` wrapped to register that sampler with accelerate (:func:`expose_sampler`).
 """
 
 from __future__ import annotations
@@ -114,8 +115,11 @@ class GlmTrainer(Trainer):
         weight = labelled_weight(getattr(head, "ds_numel", None) or head.numel(),
                                  trainable_parameter_counts(self.model)[1])
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return BalancedSampler(row_work(dataset.tokens, dataset.labelled, weight), self.args.train_batch_size,
-                               batches=self.args.gradient_accumulation_steps * self.args.world_size, seed=seed)
+        rows, batches = step_geometry(self.args, self.accelerator.split_batches)
+        return BalancedSampler(row_work(dataset.tokens, dataset.labelled, weight), rows, batches, seed=seed)
+
+    def get_train_dataloader(self):
+        return expose_sampler(super().get_train_dataloader())
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.real_tokens += count_real_tokens(inputs)
@@ -267,6 +271,32 @@ class GlmTrainer(Trainer):
             return metrics
         finally:
             self.eval_seconds += time.perf_counter() - started
+
+
+def step_geometry(args, split_batches: bool) -> tuple[int, int]:
+    """(rows per device batch, device batches per optimizer step) of the Trainer's train loader.
+
+    accelerate hands whole loader batches to the processes in turn, or (``split_batches``) a slice of each
+    batch to every process; under nn.DataParallel (``n_gpu`` > 1) each GPU takes a slice of the batch.
+    """
+    world, accumulation = max(1, args.world_size), args.gradient_accumulation_steps
+    if split_batches:
+        return max(1, args.train_batch_size // world), accumulation * world
+    return args.per_device_train_batch_size, accumulation * world * max(1, args.n_gpu)
+
+
+def expose_sampler(loader):
+    """Register a :class:`BalancedSampler` with accelerate's loader, as accelerate registers its own sampler.
+
+    On several processes the sampler sits under accelerate's ``BatchSamplerShard``, where ``set_epoch`` (and so
+    the epoch a resumed run skips into) reaches only a sampler registered with ``set_sampler``: without this, a
+    run resumed in the middle of epoch 2 on N processes would replay epoch 1's order.
+    """
+    inner = getattr(loader.batch_sampler, "batch_sampler", loader.batch_sampler)
+    sampler = getattr(inner, "sampler", None)
+    if isinstance(sampler, BalancedSampler) and hasattr(loader, "set_sampler"):
+        loader.set_sampler(sampler)
+    return loader
 
 
 def save_failure(run_dir: Path, name: str, exc: Exception) -> str:
