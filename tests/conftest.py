@@ -161,7 +161,8 @@ def tiny_workspace(tmp_path_factory) -> dict:
 
 
 # --- multi-process training (issue 14): tests/test_fsdp.py, tests/test_ddp_equivalence.py ----------------------
-# One torchrun launch per mode trains every method, then resumes each from its step-2 checkpoint; the
+# One torchrun launch per mode trains every method, then resumes each from its step-4 checkpoint (inside the second
+# epoch: 12 records make 3 steps an epoch, so the resumed run skips into epoch 2's own order); the
 # single-process references train in this process. The global batch is the same (2 processes x 2 = 1 x 4), and
 # dropout is off, so the runs must agree to float rounding.
 DIST_METHODS = {"lora": {"lora": {"dropout": 0.0}},
@@ -196,13 +197,13 @@ def main(spec):
         if not spec["resume"]:
             continue
         again = out.with_name(method + "-resumed")
-        if rank == 0:  # the run as it stood at its step-2 checkpoint
-            shutil.copytree(out, again, ignore=shutil.ignore_patterns("final", "checkpoint-4"))
+        if rank == 0:  # the run as it stood at its step-4 checkpoint
+            shutil.copytree(out, again, ignore=shutil.ignore_patterns("final", "checkpoint-6"))
             log = again / "trainer_log.jsonl"
-            log.write_text("".join(x for x in log.read_text().splitlines(True) if json.loads(x)["step"] <= 2))
+            log.write_text("".join(x for x in log.read_text().splitlines(True) if json.loads(x)["step"] <= 4))
         dist.barrier()
         cfg["output"] = {"dir": str(again), "plots": False}
-        cfg["training"] = dict(cfg["training"], resume="2")
+        cfg["training"] = dict(cfg["training"], resume="4")
         run_training(load_config(cfg), quiet=True)
 
 if __name__ == "__main__":
@@ -220,7 +221,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def dist_workspace(tmp_path_factory) -> dict:
-    """A tiny GLM model folder, a tokenizer and 16 chat records, plus the config every distributed test trains."""
+    """A tiny GLM model folder, a tokenizer and 12 chat records, plus the config every distributed test trains."""
     import json
 
     from glmtune.models import load_model, save_model
@@ -229,7 +230,7 @@ def dist_workspace(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("dist")
     rows = [{"conversations": [{"role": "user", "content": f"colour of {i}?"},
                                {"role": "assistant", "content": f"item {i} is {'red' * (1 + i % 3)}."}]}
-            for i in range(16)]
+            for i in range(12)]
     train_tokenizer([m["content"] for r in rows for m in r["conversations"]] * 4, root / "tok", vocab_size=300)
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # THUDM's layout: the first rank converts it on load while the others build the model on the meta device.
@@ -239,7 +240,7 @@ def dist_workspace(tmp_path_factory) -> dict:
         "model": {"path": str(root / "base"), "tokenizer": str(root / "tok"), "device": "cpu"},
         "data": {"train_file": "train.jsonl", "data_dir": str(root), "max_input_length": 16,
                  "max_output_length": 16, "cache": False},
-        "training": {"max_steps": 4, "logging_steps": 1, "save_steps": 2, "save_total_limit": None,
+        "training": {"max_steps": 6, "logging_steps": 1, "save_steps": 2, "save_total_limit": None,
                      "tensorboard": False, "learning_rate": 1e-3},
         "evaluation": {"strategy": "no"},
     }
@@ -328,7 +329,7 @@ DEEPSPEED_MISSING = ("deepspeed is not installed: pip install 'glmtune[deepspeed
 @pytest.fixture(scope="session")
 def ds_runs(dist_workspace):
     """``ds_runs(stage)``: the folder of a ``torchrun --nproc_per_node 2`` launch training every method with the
-    official ``ds_zero_{stage}.json`` (batch 2 per process), each also resumed from its step-2 checkpoint."""
+    official ``ds_zero_{stage}.json`` (batch 2 per process), each also resumed from its step-4 checkpoint."""
     import importlib.util
     import json
     import subprocess

@@ -4,7 +4,7 @@ checkpoints, a consolidated result that reloads with ``glmtune.load_model``; und
 partitioned, so each process holds about half of it (issue 14).
 
 The runs come from the ``ds_runs`` fixture (conftest.py): one ``torchrun --nproc_per_node 2`` launch per stage
-trains LoRA, P-Tuning and full fine-tuning (batch 2 per process) and resumes each from its step-2 checkpoint;
+trains LoRA, P-Tuning and full fine-tuning (batch 2 per process) and resumes each from its step-4 checkpoint;
 the reference is ``dist_runs("single")`` (one process, batch 4). ds_zero_3.json runs DeepSpeed's own AdamW with
 the optimizer state and parameters offloaded to the CPU (its cpu_adam op); the reference runs torch's AdamW.
 """
@@ -127,14 +127,14 @@ def test_the_zero3_example_runs_unchanged_on_one_process_as_without_deepspeed(di
                  f"data.data_dir={ws['data']['data_dir']}", "data.train_file=train.jsonl", "data.val_file=null",
                  "data.max_input_length=16", "data.max_output_length=16", "data.cache=false", "training.batch_size=4",
                  "training.gradient_accumulation_steps=1", "training.gradient_checkpointing=false",
-                 "training.max_steps=4", "training.save_steps=2", "training.learning_rate=1e-3",
+                 "training.max_steps=6", "training.save_steps=2", "training.learning_rate=1e-3",
                  "training.tensorboard=false", "training.logging_steps=1", "evaluation.strategy=no", f"output.dir={out}", "output.plots=false"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     proc = subprocess.run([sys.executable, "-m", "glmtune", "train", str(OFFICIAL.parent / "zero3-full.yaml"),
                            *overrides], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "is deprecated" not in proc.stderr  # DeepSpeed's calls of deprecated torch collectives stay quiet
-    assert (out / "checkpoint-4" / "global_step4").is_dir()
+    assert (out / "checkpoint-6" / "global_step6").is_dir()
     assert_same_training(dist_runs("single") / "full", out)
 
 
@@ -142,7 +142,7 @@ def test_resuming_across_deepspeed_and_no_deepspeed_is_refused_before_the_model(
         dist_runs, ds_runs, dist_workspace, tmp_path):
     # Only reachable with training.resume_allow_changes (training.deepspeed is a training-shaping option).
     out = tmp_path / "run"
-    shutil.copytree(ds_runs(2) / "lora", out, ignore=shutil.ignore_patterns("final", "checkpoint-4"))
+    shutil.copytree(ds_runs(2) / "lora", out, ignore=shutil.ignore_patterns("final", "checkpoint-4", "checkpoint-6"))
     before = sorted(p.name for p in out.iterdir())
     cfg = _config(dist_workspace, tmp_path, resume="2", resume_allow_changes=True, batch_size=2)
     cfg["method"] = {"name": "lora", "lora": {"dropout": 0.0}}

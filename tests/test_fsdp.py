@@ -2,7 +2,7 @@
 per process, exact resume from sharded checkpoints, a consolidated result that reloads (issue 14).
 
 The runs come from the ``dist_runs`` fixture (conftest.py): one ``torchrun --nproc_per_node 2`` launch trains
-LoRA, P-Tuning and full fine-tuning (batch 2 per process) and resumes each from its step-2 checkpoint; the
+LoRA, P-Tuning and full fine-tuning (batch 2 per process) and resumes each from its step-4 checkpoint; the
 reference trains in one process with batch 4.
 """
 
@@ -32,7 +32,7 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_training(a: Path, b: Path, tol: float = 1e-5) -> None:
     la, lb = logged_losses(a), logged_losses(b)
-    assert sorted(la) == sorted(lb) == [1, 2, 3, 4]
+    assert sorted(la) == sorted(lb) == [1, 2, 3, 4, 5, 6]
     assert max(abs(la[s] - lb[s]) for s in la) < tol, (la, lb)
     wa, wb = final_weights(a), final_weights(b)
     assert sorted(wa) == sorted(wb) and wa
@@ -93,7 +93,8 @@ def test_a_sharded_checkpoint_is_not_resumed_by_one_unsharded_process(dist_runs,
     from glmtune.train.trainer import TrainingError
 
     out = tmp_path / "run"
-    shutil.copytree(dist_runs("fsdp") / "lora", out, ignore=shutil.ignore_patterns("final", "checkpoint-4"))
+    shutil.copytree(dist_runs("fsdp") / "lora", out,
+                    ignore=shutil.ignore_patterns("final", "checkpoint-4", "checkpoint-6"))
     cfg = dict(dist_workspace["config"], method={"name": "lora", "lora": {"dropout": 0.0}},
                output={"dir": str(out), "plots": False})
     cfg["training"] = dict(cfg["training"], batch_size=2, resume="2", fsdp={"enabled": True})
