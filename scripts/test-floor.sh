@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv-floor}"
-FLOOR="transformers==5.24.0 peft==0.18.0 accelerate==1.6.0"
+FLOOR="transformers==5.24.0 peft==0.18.0 accelerate==1.7.0"
 VENV="$VENV" PIP_EXTRA="$FLOOR" bash scripts/setup.sh
 "$VENV/bin/python" -c "import transformers, peft, accelerate; print('floor:', 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
