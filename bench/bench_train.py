@@ -218,14 +218,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def compare_losses(n: int = 4) -> None:
-    """Per-token losses of the same samples, padded vs packed (both attention paths), in eval mode (no dropout)."""
+def compare_losses(n: int = 4, device: str = "cpu", dtype=torch.float32) -> None:
+    """Per-token losses of the same samples, padded vs packed (both attention paths), in eval mode (no dropout).
+
+    ``device``/``dtype``: where the model runs (bench/gpu_memory.py checks a GPU's kernels with it).
+    """
     from glmtune.data.collate import PackedCollator, PaddedCollator
     from glmtune.models.packed_attention import enable_packed_attention
 
     samples = synthetic_samples(n, 65024, seed=1)
-    model = build_model().eval()
+    model = build_model().to(device=device, dtype=dtype).eval()
     pb, packed = PaddedCollator()(samples), PackedCollator()(samples)
+    pb = {k: v.to(device) for k, v in pb.items()}
+    packed = {k: v.to(device) if torch.is_tensor(v) else v for k, v in packed.items()}
     with torch.no_grad():
         logits = model(input_ids=pb["input_ids"], attention_mask=pb["attention_mask"],
                        position_ids=pb["position_ids"]).logits
@@ -240,12 +245,13 @@ def compare_losses(n: int = 4) -> None:
         worst, offset = 0.0, 0
         for i, s in enumerate(samples):
             m = len(s["input_ids"])
-            a = torch.nn.functional.cross_entropy(logits[i, : m - 1], pb["input_ids"][i, 1:m], reduction="none")
-            b = torch.nn.functional.cross_entropy(plogits[0, offset: offset + m - 1],
+            a = torch.nn.functional.cross_entropy(logits[i, : m - 1].float(), pb["input_ids"][i, 1:m], reduction="none")
+            b = torch.nn.functional.cross_entropy(plogits[0, offset: offset + m - 1].float(),
                                                   packed["input_ids"][0, offset + 1: offset + m], reduction="none")
             worst = max(worst, float((a - b).abs().max()))
             offset += m
-        print(f"per-token loss, padded vs packed ({name}), {n} samples: max |difference| = {worst:.2e}")
+        print(f"per-token loss, padded vs packed ({name}), {n} samples, {device} {str(dtype)[6:]}: "
+              f"max |difference| = {worst:.2e}")
 
 
 def peak_rss_alone(mode: str, args) -> float:

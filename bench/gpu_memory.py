@@ -9,7 +9,9 @@ estimate for the same setup. Variants: ``lora`` (padded batches, as the official
 (glmtune's default: packed rows, attention per sample), ``lora-packed-compiled`` (the same with each layer's
 MLP and norms through ``torch.compile``, dynamic shapes: the attention's per-sample split stays eager),
 ``lora-packed-every2`` (``training.checkpoint_every_n_layers=2``), ``lora-packed-keep-attention``
-(``training.checkpoint_keep_attention=true``: is it worth its memory on a GPU?) and ``qlora4``. Budget: about 6 minutes for
+(``training.checkpoint_keep_attention=true``: is it worth its memory on a GPU?) and ``qlora4``. First, on the
+78.7M bench model in fp32 and bf16, the per-token losses of padded and packed rows on this GPU's attention kernels
+(``bench_train.compare_losses``: packed rows attend within their samples). Budget: about 6 minutes for
 all on an H100-class GPU::
 
     python bench/gpu_memory.py                  # every variant, 3 warm-up + 8 timed steps each
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import batches, synthetic_samples  # noqa: E402  (the training benchmark's records)
+from bench_train import batches, compare_losses, synthetic_samples  # noqa: E402  (the training benchmark's records)
 
 OFFICIAL_LORA_MIB = 14082  # ChatGLM3 finetune_demo README: LoRA at these defaults
 
@@ -137,6 +139,10 @@ def main(argv=None) -> int:
     if args.variant:
         print(json.dumps(run_one(args.variant, args.steps, args.warmup)), flush=True)
         return 0
+    import torch
+
+    for dtype in (torch.float32, torch.bfloat16):  # packed rows attend within their samples on this GPU's kernels too
+        compare_losses(device="cuda", dtype=dtype)
     peak = matmul_peak_tflops()
     print(f"measured bf16 matmul peak: {peak:.0f} TFLOP/s")
     for variant in args.variants.split(","):  # each in a fresh process: clean peak memory
