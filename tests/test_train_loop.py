@@ -135,9 +135,10 @@ def test_resume_after_interrupt_matches_straight_run(workdir, tmp_path, method, 
               "training.warmup_steps": 2, **options}
     straight = run_training(_cfg(workdir, tmp_path / "a", method, **common), quiet=True)
 
-    first = run_training(_cfg(workdir, tmp_path / "b", method, **common), quiet=True, callbacks=[_InterruptAt(5)])
-    assert first.interrupted == "SIGINT" and first.final_dir is None and first.global_step == 5
-    assert (tmp_path / "b" / "checkpoint-5" / "trainer_state.json").is_file()
+    # Step 8 of 10 is inside the second epoch (6 steps an epoch): the resumed run skips into that epoch's order.
+    first = run_training(_cfg(workdir, tmp_path / "b", method, **common), quiet=True, callbacks=[_InterruptAt(8)])
+    assert first.interrupted == "SIGINT" and first.final_dir is None and first.global_step == 8
+    assert (tmp_path / "b" / "checkpoint-8" / "trainer_state.json").is_file()
     resumed = run_training(_cfg(workdir, tmp_path / "b", method, **common, **{"training.resume": "yes"}),
                            quiet=True)
     assert resumed.global_step == 10
