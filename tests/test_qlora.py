@@ -12,6 +12,7 @@ adapted 0.016), while the adapter itself moves the logits by much more (> 5x tha
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -163,3 +164,20 @@ def test_parameter_counts_of_a_quantized_base_are_its_unquantized_sizes(ws, bits
     base = load_base(ws["model"])
     assert trainable_parameter_counts(quantize_model(load_base(ws["model"]), bits=bits))[1] == \
         trainable_parameter_counts(base)[1]
+
+
+def test_qlora_resume_is_exact(ws, tmp_path):
+    """Interrupted at its step-2 checkpoint and resumed, a 4-bit LoRA run ends where the straight run ends."""
+    common = {"max_steps": 4, "logging_steps": 1, "save_steps": 2, "batch_size": 4}
+    straight = run_training(load_config(_config(ws, tmp_path / "a", 4, **common)), quiet=True)
+    shutil.copytree(tmp_path / "a", tmp_path / "b", ignore=shutil.ignore_patterns("final", "checkpoint-4"))
+    log = tmp_path / "b" / LOG_FILE
+    log.write_text("".join(x for x in log.read_text().splitlines(True) if json.loads(x).get("step", 0) <= 2))
+    resumed = run_training(load_config(_config(ws, tmp_path / "b", 4, resume="2", **common)), quiet=True)
+    assert resumed.global_step == straight.global_step == 4
+    assert _losses(tmp_path / "b") == pytest.approx(_losses(tmp_path / "a"), abs=1e-6)
+    with safe_open(straight.final_dir / "adapter_model.safetensors", "pt") as a, \
+            safe_open(resumed.final_dir / "adapter_model.safetensors", "pt") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        for key in a.keys():
+            torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=1e-6)
