@@ -21,6 +21,8 @@ from safetensors import safe_open
 import glmtune
 from glmtune.cli import main
 from glmtune.config import ConfigError, load_config
+from glmtune.infer.chat import ChatSession
+from glmtune.infer.sampling import SamplingConfig
 from glmtune.methods.quantize import quantize_model
 from glmtune.models import load_model as load_base
 from glmtune.train import run_training
@@ -63,7 +65,7 @@ def ws(tiny_workspace):
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_qlora_trains_an_adapter_for_the_full_precision_base(ws, tmp_path, bits):
+def test_qlora_trains_an_adapter_for_the_full_precision_base(ws, tmp_path, bits, capsys):
     out = tmp_path / f"qlora{bits}"
     result = run_training(load_config(_config(ws, out, bits)), quiet=True)
     losses = _losses(out)
@@ -93,6 +95,17 @@ def test_qlora_trains_an_adapter_for_the_full_precision_base(ws, tmp_path, bits)
     assert 0 < quant_error < (0.5 if bits == 4 else 0.1)
     assert difference <= 2.5 * quant_error
     assert adapter_effect > 5 * difference
+
+    # Answering on a quantized base too (load_model(quantization=), --quantize): the layers it trained on, so the
+    # trained model's logits; `glmtune chat --quantize` gives that model's greedy reply.
+    quantized = glmtune.load_model(ws["model"], adapter=result.final_dir, quantization=bits)
+    torch.testing.assert_close(_logits(quantized, ids), _logits(trained, ids), atol=1e-4, rtol=1e-4)
+    capsys.readouterr()
+    assert main(["chat", "--model", str(ws["model"]), "--adapter", str(result.final_dir), "--quantize", str(bits),
+                 "--prompt", "Who are you?", "--temperature", "0", "--max-new-tokens", "12", "--device", "cpu"]) == 0
+    session = ChatSession(quantized, glmtune.load_tokenizer(ws["model"]),
+                          sampling=SamplingConfig(temperature=0, max_new_tokens=12))
+    assert capsys.readouterr().out.strip() == session.chat("Who are you?").content.strip() != ""
 
     # Export merges the adapter into full-precision weights: the merged model is the reloaded one.
     merged_dir = tmp_path / "merged"
@@ -181,3 +194,13 @@ def test_qlora_resume_is_exact(ws, tmp_path):
         assert sorted(a.keys()) == sorted(b.keys())
         for key in a.keys():
             torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=1e-6)
+
+
+def test_quantized_answering_refuses_results_that_replace_base_weights(ws, tmp_path):
+    from glmtune.models import CheckpointError
+
+    cfg = _config(ws, tmp_path / "freeze", None, max_steps=1)
+    cfg["method"] = {"name": "freeze"}
+    result = run_training(load_config(cfg), quiet=True)
+    with pytest.raises(CheckpointError, match="freeze fine-tuning result: it replaces base weights"):
+        glmtune.load_model(ws["model"], adapter=result.final_dir, quantization=4)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import torch
 
 from .methods.ptuning_io import apply_prefix
 from .methods.ptuning_peft import apply_peft_prefix, is_peft_prefix
-from .methods.registry import load_trained
+from .methods.quantize import quantize_model
+from .methods.registry import detect_method, load_trained
 from .models import CheckpointError, prefix_length
 from .models import load_model as load_base_model
 
@@ -29,6 +31,7 @@ def load_model(
     vocab_size: int | None = None,
     seed: int = 0,
     family: str | None = None,
+    quantization: int | None = None,
 ):
     """Load a GLM-family model natively, as transformers' ``GlmForCausalLM`` in eval mode, tuned if asked.
 
@@ -38,11 +41,22 @@ def load_model(
     PEFT or official ChatGLM3 adapters; see :func:`glmtune.methods.load_trained`), ``prefix`` a
     P-Tuning v2 prefix (also a whole official P-Tuning checkpoint folder, which may be ``path`` itself, or GLM-4's
     official PEFT prefix-tuning folder). ``family`` forces the model family where the folder does not tell it.
+    ``quantization`` (4 or 8): the base's decoder linear layers through bitsandbytes (NF4 / int8), as QLoRA
+    trains them, so a model trained on a small GPU also answers on it; LoRA and P-Tuning results apply on top.
     """
     if adapter is not None and prefix is not None:
         raise CheckpointError(f"give either adapter ({adapter}) or prefix ({prefix}), not both: a model is "
                               "fine-tuned by one method at a time")
-    model = load_base_model(path, dtype=dtype, device=device, vocab_size=vocab_size, seed=seed, family=family)
+    if quantization is not None and adapter is not None and detect_method(Path(adapter)) in ("full", "freeze"):
+        raise CheckpointError(f"{adapter} is a {detect_method(Path(adapter))} fine-tuning result: it replaces base "
+                              "weights, which a quantized base no longer holds; load it without quantization "
+                              "(or load the model its export wrote, quantized)")
+    if quantization is not None and dtype in (None, "auto") and torch.device(device).type != "cpu":
+        dtype = torch.bfloat16  # what QLoRA computes in on a GPU; the base is read on the CPU (fp32 there)
+    model = load_base_model(path, dtype=dtype, device="cpu" if quantization else device, vocab_size=vocab_size,
+                            seed=seed, family=family)
+    if quantization is not None:  # layer by layer onto the device: it never holds the full-precision decoder
+        model = quantize_model(model, bits=quantization, compute_dtype=model.dtype, device=device)
     if adapter is not None:
         return load_trained(model, adapter)
     if prefix is not None:

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         check_out(args)
     conversations = load_dataset(args.data, args.format, args.columns, args.dataset, args.dataset_dir, args.registry)
     model, tok = load_for_inference(args.model, adapter=args.adapter, prefix=args.prefix, tokenizer=args.tokenizer,
-                                    dtype=args.dtype, device=args.device, family=args.family)
+                                    dtype=args.dtype, device=args.device, family=args.family, quantize=args.quantize)
     total = len(build_samples(conversations, tok, settings))
     with tqdm(total=total, desc="eval", unit="sample", file=sys.stderr) as bar:
         result = evaluate(model, tok, conversations, settings, progress=bar.update)

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     defaults = sampling_from_args(args)
     model, tok = load_for_inference(args.model, adapter=args.adapter, prefix=args.prefix, tokenizer=args.tokenizer,
-                                    dtype=args.dtype, device=args.device, family=args.family)
+                                    dtype=args.dtype, device=args.device, family=args.family, quantize=args.quantize)
     name = args.name or Path(args.adapter or args.prefix or args.model).resolve().name
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     server = make_server(model, tok, host=args.host, port=args.port, name=name, defaults=defaults,

@@ -13,8 +13,10 @@ from ..families import find_tokenizer, load_tokenizer
 
 
 def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None, dtype=None, device=None,
-                       family=None):
+                       family=None, quantize=None):
     """(model, tokenizer) ready for generation; ``--adapter`` and ``--prefix`` exclude each other.
+
+    ``quantize`` (4 or 8): the base model's decoder quantized through bitsandbytes (``--quantize``).
 
     ``model_path`` may also be a fine-tuning result (see :func:`resolve_model_args`).
     """
@@ -26,7 +28,7 @@ def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None,
     model_path, adapter, prefix = resolve_model_args(model_path, adapter, prefix)
     tok = load_tokenizer(find_tokenizer(tokenizer, model_path, adapter, prefix, family=family), family=family)
     model = load_model(model_path, dtype=dtype, device=resolve_device(device), adapter=adapter, prefix=prefix,
-                       family=family)
+                       family=family, quantization=quantize)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is not None and tok.vocab_size > vocab:
         raise UserError(f"tokenizer has {tok.vocab_size} ids but the model only {vocab}: "
