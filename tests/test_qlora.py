@@ -196,7 +196,7 @@ def test_qlora_resume_is_exact(ws, tmp_path):
             torch.testing.assert_close(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=1e-6)
 
 
-def test_quantized_answering_refuses_results_that_replace_base_weights(ws, tmp_path):
+def test_quantized_answering_refuses_results_that_replace_base_weights(ws, tmp_path, capsys):
     from glmtune.models import CheckpointError
 
     cfg = _config(ws, tmp_path / "freeze", None, max_steps=1)
@@ -204,3 +204,19 @@ def test_quantized_answering_refuses_results_that_replace_base_weights(ws, tmp_p
     result = run_training(load_config(cfg), quiet=True)
     with pytest.raises(CheckpointError, match="freeze fine-tuning result: it replaces base weights"):
         glmtune.load_model(ws["model"], adapter=result.final_dir, quantization=4)
+    with pytest.raises(CheckpointError, match="missing: fine-tuning result folder not found"):
+        glmtune.load_model(ws["model"], adapter=tmp_path / "missing", quantization=4)
+    with pytest.raises(CheckpointError, match="quantization must be 4 or 8 .bits., got 3"):
+        glmtune.load_model(ws["model"], quantization=3)
+    dora = _config(ws, tmp_path / "dora", 4, max_steps=1)
+    dora["method"]["lora"]["use_dora"] = True
+    dora_result = run_training(load_config(dora), quiet=True)
+    capsys.readouterr()
+    assert main(["chat", "--model", str(ws["model"]), "--adapter", str(dora_result.final_dir), "--quantize", "8",
+                 "--prompt", "hi"]) != 0
+    assert "DoRA adapter: on an 8-bit base PEFT's DoRA loses the layers' scales; use --quantize=4" in \
+        capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="DoRA adapter: on an 8-bit base .* use quantization=4"):
+        glmtune.load_model(ws["model"], adapter=dora_result.final_dir, quantization=8)
+    unadapted = glmtune.load_model(ws["model"], quantization=4)  # no adapter: in eval mode like every load
+    assert not any(m.training for m in unadapted.modules())

@@ -7,6 +7,7 @@ module joins the two, so neither imports the other upwards. ``glmtune.load_model
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 
 from .methods.ptuning_io import apply_prefix
 from .methods.ptuning_peft import apply_peft_prefix, is_peft_prefix
-from .methods.quantize import quantize_model
+from .methods.quantize import missing_bitsandbytes, quantize_model
 from .methods.registry import detect_method, load_trained
 from .models import CheckpointError, prefix_length
 from .models import load_model as load_base_model
@@ -47,16 +48,14 @@ def load_model(
     if adapter is not None and prefix is not None:
         raise CheckpointError(f"give either adapter ({adapter}) or prefix ({prefix}), not both: a model is "
                               "fine-tuned by one method at a time")
-    if quantization is not None and adapter is not None and detect_method(Path(adapter)) in ("full", "freeze"):
-        raise CheckpointError(f"{adapter} is a {detect_method(Path(adapter))} fine-tuning result: it replaces base "
-                              "weights, which a quantized base no longer holds; load it without quantization "
-                              "(or load the model its export wrote, quantized)")
-    if quantization is not None and dtype in (None, "auto") and torch.device(device).type != "cpu":
-        dtype = torch.bfloat16  # what QLoRA computes in on a GPU; the base is read on the CPU (fp32 there)
-    model = load_base_model(path, dtype=dtype, device="cpu" if quantization else device, vocab_size=vocab_size,
-                            seed=seed, family=family)
+    if quantization is not None:
+        check_quantized_answering(quantization, adapter)
+        if dtype in (None, "auto") and torch.device(device).type != "cpu":
+            dtype = torch.bfloat16  # QLoRA's compute dtype on a GPU; the base is read on the CPU in it
+    model = load_base_model(path, dtype=dtype, device="cpu" if quantization is not None else device,
+                            vocab_size=vocab_size, seed=seed, family=family)
     if quantization is not None:  # layer by layer onto the device: it never holds the full-precision decoder
-        model = quantize_model(model, bits=quantization, compute_dtype=model.dtype, device=device)
+        model = quantize_model(model, bits=quantization, compute_dtype=model.dtype, device=device).eval()
     if adapter is not None:
         return load_trained(model, adapter)
     if prefix is not None:
@@ -69,4 +68,27 @@ def load_model(
     return model
 
 
-__all__ = ["load_model"]
+def check_quantized_answering(bits, adapter, option: str = "quantization") -> None:
+    """Refuse, before the base loads, what cannot run on a quantized base: bad bits, no bitsandbytes, results that
+    replace base weights (freeze, full), DoRA on 8 bits (PEFT's DoRA loses the int8 layers' scales)."""
+    if bits not in (4, 8):
+        raise CheckpointError(f"{option} must be 4 or 8 (bits), got {bits!r}")
+    if message := missing_bitsandbytes(f"{option}={bits}"):
+        raise CheckpointError(message)
+    if adapter is None:
+        return
+    folder = Path(adapter)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: fine-tuning result folder not found")
+    method = detect_method(folder)
+    if method in ("full", "freeze"):
+        raise CheckpointError(f"{adapter} is a {method} fine-tuning result: it replaces base weights, which a "
+                              "quantized base no longer holds; load it without quantization (or load the model "
+                              "its export wrote, quantized)")
+    config = folder / "adapter_config.json"
+    if bits == 8 and config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("use_dora"):
+        raise CheckpointError(f"{adapter} is a DoRA adapter: on an 8-bit base PEFT's DoRA loses the layers' "
+                              f"scales; use {option}=4")
+
+
+__all__ = ["check_quantized_answering", "load_model"]

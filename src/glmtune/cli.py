@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     # bitsandbytes (which PEFT imports when it is installed) logs a warning at import on CPUs with AVX512-BF16 when
     # an optional hub kernel is not loaded, then uses its own: noise on every command's stderr, so only errors show.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # 8-bit layers log "inputs will be cast from bf16/fp32 to float16" at every forward of every layer (--quantize 8).
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -34,8 +34,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="bf16, fp16 or fp32 (default: checkpoint dtype on GPU, fp32 on CPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--quantize", type=int, choices=(4, 8), default=None,
-                   help="load the base model's decoder in 4-bit NF4 or 8-bit (bitsandbytes), as QLoRA trains it: "
-                        "ChatGLM3-6B in about 4 GB of weights instead of 12; with --adapter (LoRA) or --prefix")
+                   help="load the base model's decoder in 4-bit NF4 or 8-bit (bitsandbytes), as QLoRA trains it "
+                        "by default: ChatGLM3-6B's weights in about 4 GB (4-bit) or 7 GB (8-bit) instead of 12 on "
+                        "the device (read on the CPU first); with --adapter (LoRA) or --prefix")
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, *, temperature: float = 0.8, top_p: float = 0.8) -> None:

@@ -21,11 +21,13 @@ def load_for_inference(model_path, *, adapter=None, prefix=None, tokenizer=None,
     ``model_path`` may also be a fine-tuning result (see :func:`resolve_model_args`).
     """
     # deferred: imports torch, transformers
-    from ..api import load_model
+    from ..api import check_quantized_answering, load_model
 
     if adapter and prefix:
         raise UserError("--adapter and --prefix exclude each other: a model is tuned with LoRA or with P-Tuning")
     model_path, adapter, prefix = resolve_model_args(model_path, adapter, prefix)
+    if quantize is not None:  # before the base loads (minutes for a 6B model)
+        check_quantized_answering(quantize, adapter, option="--quantize")
     tok = load_tokenizer(find_tokenizer(tokenizer, model_path, adapter, prefix, family=family), family=family)
     model = load_model(model_path, dtype=dtype, device=resolve_device(device), adapter=adapter, prefix=prefix,
                        family=family, quantization=quantize)
