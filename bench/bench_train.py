@@ -174,8 +174,7 @@ def run_modes(modes: list[str], steps: int, batch: int, checkpointing: bool, att
     hold on a busy machine; per-step times and real tokens per mode, and the process's peak RSS. The
     official computation trains its own copy (the same weights) with the official checkpointing.
     """
-    from glmtune.data.sampler import labelled_weight
-    from glmtune.methods import trainable_parameter_counts
+    from glmtune.train.trainer import model_labelled_weight
     from glmtune.train.loss import find_lm_head
 
     def trainer(official: bool):
@@ -186,8 +185,7 @@ def run_modes(modes: list[str], steps: int, batch: int, checkpointing: bool, att
     kinds = {m: parse_mode(m)[0] in OFFICIAL for m in modes}
     trainers = {official: trainer(official) for official in sorted(set(kinds.values()))}
     samples = synthetic_samples(2000, 65024)
-    weight = labelled_weight(find_lm_head(trainers[False][0]).weight.numel(),
-                             trainable_parameter_counts(trainers[False][0])[1]) if False in trainers else 1.0
+    weight = model_labelled_weight(trainers[False][0]) if False in trainers else 1.0
     feeds = {m: batches(parse_mode(m)[0], samples, batch, weight=weight) for m in modes}
     out = {m: {"mode": m, "times": [], "real": []} for m in modes}
     for _ in range(steps):

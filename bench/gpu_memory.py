@@ -84,7 +84,7 @@ def build(bits: int | None, every: int = 1, compiled: bool = False, packed: bool
 
 def run_one(variant: str, steps: int, warmup: int) -> dict:
     import torch
-    from glmtune.data.sampler import labelled_weight
+    from glmtune.train.trainer import model_labelled_weight
     from glmtune.train.loss import answer_only_loss, find_lm_head
 
     bits = 4 if variant == "qlora4" else None
@@ -96,7 +96,7 @@ def run_one(variant: str, steps: int, warmup: int) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     torch.cuda.reset_peak_memory_stats()
     seconds, tokens = 0.0, 0
-    weight = labelled_weight(head.weight.numel(), n_params)  # glmtune's balanced steps, as `glmtune train`
+    weight = model_labelled_weight(model)  # glmtune's balanced steps, as `glmtune train`
     for i, inputs in enumerate(batches("packed" if packed else "padded", synthetic_samples(400, 65024), 4,
                                        weight=weight)):
         if i == warmup + steps:

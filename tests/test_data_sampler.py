@@ -96,6 +96,6 @@ def test_labelled_counts_match_the_collated_rows():
 def test_labelled_weight_from_parameter_counts():
     # The benchmark model: 65024 x 512 output layer and embedding, 12.1M decoder parameters.
     head = 65024 * 512
-    assert labelled_weight(head, 2 * head + 12_100_000) == pytest.approx(2 * head / (3 * 12_100_000))
+    assert labelled_weight(head, 2 * head + 12_100_000) == pytest.approx(1.834, abs=1e-3)
     # ChatGLM3-6B: the output layer is a small part of a labelled token's cost.
     assert labelled_weight(65024 * 4096, 6_243_584_000) < 0.05

@@ -111,9 +111,7 @@ class GlmTrainer(Trainer):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if not isinstance(dataset, PackedDataset) or self.args.train_sampling_strategy != "random":
             return super()._get_train_sampler(train_dataset)
-        head = self.lm_head.weight
-        weight = labelled_weight(getattr(head, "ds_numel", None) or head.numel(),
-                                 trainable_parameter_counts(self.model)[1])
+        weight = model_labelled_weight(self.model)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         rows, batches = step_geometry(self.args, self.accelerator.split_batches)
         return BalancedSampler(row_work(dataset.tokens, dataset.labelled, weight), rows, batches, seed=seed)
@@ -271,6 +269,12 @@ class GlmTrainer(Trainer):
             return metrics
         finally:
             self.eval_seconds += time.perf_counter() - started
+
+
+def model_labelled_weight(model) -> float:
+    """:func:`~glmtune.data.sampler.labelled_weight` of ``model`` (whole tensor sizes under ZeRO-3, FSDP, 4-bit)."""
+    head = find_lm_head(model).weight
+    return labelled_weight(getattr(head, "ds_numel", None) or head.numel(), trainable_parameter_counts(model)[1])
 
 
 def step_geometry(args, split_batches: bool) -> tuple[int, int]:
